@@ -1,0 +1,150 @@
+"""The ``edgetta`` command line. Each subcommand imports only what it needs, so device-side
+commands (inspect, replay, demo) never import torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from edgetta.errors import EdgettaError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must be integers like 1,3,32,32") from exc
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must be positive integers, batch first: 1,3,32,32")
+    return dims
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        import torch
+    except ImportError:
+        print("edgetta export needs PyTorch: pip install 'edgetta[export]'", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    from edgetta.export import export_model, resolve_spec
+
+    model = resolve_spec(args.spec)
+    torch.manual_seed(args.seed)
+    example = torch.randn(*args.input_shape)
+    calib = None
+    if args.calib:
+        with np.load(args.calib, allow_pickle=False) as data:
+            if "x" not in data:
+                raise EdgettaError(f"calibration file {args.calib} has no array 'x' (keys: {', '.join(data.files)})")
+            calib = data["x"]
+    class_names = None
+    if args.class_names:
+        class_names = [c.strip() for c in args.class_names.split(",")]
+    preprocess = {}
+    if args.mean:
+        preprocess["mean"] = _floats(args.mean)
+    if args.std:
+        preprocess["std"] = _floats(args.std)
+    manifest = export_model(
+        model,
+        example,
+        args.out,
+        trainable=args.trainable,
+        frozen=args.frozen,
+        class_names=class_names,
+        classifier=args.classifier,
+        opset=args.opset,
+        calib=calib,
+        verify=args.verify,
+        preprocess=preprocess,
+    )
+    from edgetta.runtime.inspect import describe
+
+    print(describe(args.out, manifest))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edgetta.runtime.inspect import describe, integrity_problems, trt_lint_artifact
+
+    print(describe(args.artifact))
+    status = 0
+    problems = integrity_problems(args.artifact)
+    if problems:
+        print("\nINTEGRITY CHECK FAILED:")
+        for p in problems:
+            print(f"  - {p}")
+        status = 1
+    else:
+        print("\nintegrity: all file hashes match the manifest")
+    if args.trt_lint:
+        ok, text = trt_lint_artifact(args.artifact)
+        print("\n" + text)
+        status = status or (0 if ok else 1)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgetta", description="Test-time adaptation runtime for edge devices.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a torch model to an artifact (needs edgetta[export])")
+    p.add_argument("spec", help="path/to/file.py:function or package.module:function returning an nn.Module")
+    p.add_argument("--input-shape", type=_shape, required=True, help="example input shape, batch first: 1,3,32,32")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument(
+        "--trainable",
+        action="append",
+        metavar="GLOB",
+        help="train only norm layers whose module name matches (repeatable; default: all)",
+    )
+    p.add_argument("--frozen", action="append", metavar="GLOB", help="freeze norm layers matching GLOB (repeatable)")
+    p.add_argument("--class-names", help="comma-separated class names")
+    p.add_argument("--classifier", help="module name of the final classifier (default: detected)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--calib", help="NPZ with array 'x' of in-distribution inputs for the EATA Fisher diagonal")
+    p.add_argument("--mean", help="preprocessing mean recorded in the manifest, comma-separated")
+    p.add_argument("--std", help="preprocessing std recorded in the manifest, comma-separated")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random example input")
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="check both graphs against a float64 torch reference (default: on)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="describe an artifact and verify its file hashes")
+    p.add_argument("artifact", help="artifact directory")
+    p.add_argument("--trt-lint", action="store_true", help="check both graphs for TensorRT compatibility")
+    p.set_defaults(func=cmd_inspect)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgettaError as exc:
+        print(f"edgetta {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

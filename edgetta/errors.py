@@ -1,0 +1,17 @@
+"""Exception types shared by every layer. Each message names the problem and the fix."""
+
+
+class EdgettaError(Exception):
+    """Base class for errors edgetta reports to users."""
+
+
+class ExportError(EdgettaError):
+    """The model, its specification or an export option cannot be turned into an artifact."""
+
+
+class ArtifactError(EdgettaError):
+    """An artifact directory is missing, malformed, tampered with or of an unsupported version."""
+
+
+class ConfigError(EdgettaError):
+    """A configuration value is invalid; the message names the key."""

@@ -1,0 +1,173 @@
+"""Parity of the exported graphs against a float64 torch reference of the ORIGINAL model.
+
+bn_alpha = 0 is compared with eval mode, bn_alpha = 1 with train-mode BatchNorm (dropout off).
+The loss is sum_i w_H H_i + sum_i w_CE CE(z_i, argmax z_i) with both weights non-zero, so both
+terms of the adapt graph are checked. Figures are norm-relative: ||ort - ref|| / ||ref||.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgetta.errors import ExportError
+from edgetta.export.norms import norm_kind
+from edgetta.export.prepare import PreparedModel
+from edgetta.export.trace import (
+    BN_ALPHA,
+    CE_WEIGHT,
+    ENTROPY,
+    ENTROPY_WEIGHT,
+    FEATURES,
+    INPUT,
+    LOGITS,
+    LOSS,
+    entropy_and_pseudo_ce,
+)
+
+LOGIT_TOLERANCE = 1e-4
+GRAD_TOLERANCE = 5e-3
+
+
+@dataclass
+class ParityReport:
+    bn_alpha: float
+    batch: int
+    logits_infer: float
+    logits_adapt: float
+    features: float | None
+    batch_stats: float | None
+    entropy: float
+    loss: float
+    grad_max: float
+    grad_total: float
+    worst_grad: str
+
+    def to_json(self) -> dict:
+        return {k: (round(v, 10) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def _rel(ort: np.ndarray, ref: torch.Tensor, floor: float = 0.0) -> float:
+    ref_np = ref.detach().double().numpy()
+    denom = max(float(np.linalg.norm(ref_np)), floor, 1e-30)
+    return float(np.linalg.norm(np.asarray(ort, dtype=np.float64) - ref_np) / denom)
+
+
+def _reference_model(original: nn.Module, bn_alpha: float) -> nn.Module:
+    ref = copy.deepcopy(original).double().eval()
+    if bn_alpha == 1.0:
+        for module in ref.modules():
+            if norm_kind(module) == "batchnorm":
+                module.train()
+                module.momentum = 0.0  # keep running stats untouched
+    return ref
+
+
+def reference_outputs(
+    original: nn.Module,
+    prepared: PreparedModel,
+    x: np.ndarray,
+    bn_alpha: float,
+    entropy_weight: np.ndarray,
+    ce_weight: np.ndarray,
+) -> dict:
+    ref = _reference_model(original, bn_alpha)
+    modules = dict(ref.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        modules[layer.module].register_forward_hook(lambda m, a, o, p=layer.module: captured.__setitem__(p, a[0]))
+        for layer in prepared.bn_layers
+    ]
+    if prepared.classifier:
+        hooks.append(
+            modules[prepared.classifier].register_forward_hook(
+                lambda m, a, o: captured.__setitem__("__features__", a[0])
+            )
+        )
+    params = {n: p for n, p in ref.named_parameters()}
+    trainable = [params[n] for n in prepared.trainable_names]
+    with torch.enable_grad():
+        logits = ref(torch.from_numpy(x).double())
+        entropy, pseudo_ce = entropy_and_pseudo_ce(logits)
+        loss = (torch.from_numpy(entropy_weight).double() * entropy).sum() + (
+            torch.from_numpy(ce_weight).double() * pseudo_ce
+        ).sum()
+        grads = torch.autograd.grad(loss, trainable, allow_unused=True)
+    for h in hooks:
+        h.remove()
+    stats = {}
+    for layer in prepared.bn_layers:
+        a = captured[layer.module]
+        dims = [0] + list(range(2, a.dim()))
+        mean = a.mean(dim=dims)
+        stats[layer.batch_mean] = mean
+        stats[layer.batch_var] = ((a - mean.reshape((1, -1) + (1,) * (a.dim() - 2))) ** 2).mean(dim=dims)
+    grad_map = {
+        n: (g if g is not None else torch.zeros_like(p)) for n, g, p in zip(prepared.trainable_names, grads, trainable)
+    }
+    feats = captured.get("__features__")
+    return {
+        "logits": logits,
+        "entropy": entropy,
+        "loss": loss,
+        "grads": grad_map,
+        "stats": stats,
+        "features": feats.reshape(feats.shape[0], -1) if feats is not None else None,
+    }
+
+
+def check_parity(
+    original: nn.Module, prepared: PreparedModel, infer_session, adapt_session, x: np.ndarray, bn_alpha: float
+) -> ParityReport:
+    """Run both ORT sessions and the float64 reference on ``x`` at ``bn_alpha``; return the figures."""
+    batch = x.shape[0]
+    ew = np.full((batch,), 1.0 / batch, dtype=np.float32)
+    cw = np.full((batch,), 0.5 / batch, dtype=np.float32)
+    params = {n: prepared.tensor(n).numpy() for n in prepared.norm_param_names + prepared.stat_names}
+    feed = {INPUT: x, BN_ALPHA: np.asarray(bn_alpha, dtype=np.float32), **params}
+    infer_names = [o.name for o in infer_session.get_outputs()]
+    infer = dict(zip(infer_names, infer_session.run(None, feed)))
+    adapt_names = [o.name for o in adapt_session.get_outputs()]
+    adapt = dict(zip(adapt_names, adapt_session.run(None, {**feed, ENTROPY_WEIGHT: ew, CE_WEIGHT: cw})))
+    ref = reference_outputs(original, prepared, x, bn_alpha, ew, cw)
+    total_ref = torch.cat([g.flatten() for g in ref["grads"].values()])
+    total_ort = np.concatenate([adapt[f"{n}.grad"].ravel() for n in prepared.trainable_names])
+    # Per-parameter figures are floored at a small share of the whole gradient so that a parameter
+    # whose gradient is ~0 does not report float32 round-off as a large relative error.
+    floor = 1e-3 * float(total_ref.norm())
+    per_param = {n: _rel(adapt[f"{n}.grad"], g, floor) for n, g in ref["grads"].items()}
+    worst = max(per_param, key=per_param.get)
+    # Floor: a BN right after another train-mode BN sees an exactly zero-mean input.
+    stats = [_rel(infer[name], value, 1e-4 * value.numel() ** 0.5) for name, value in ref["stats"].items()]
+    return ParityReport(
+        bn_alpha=bn_alpha,
+        batch=batch,
+        logits_infer=_rel(infer[LOGITS], ref["logits"]),
+        logits_adapt=_rel(adapt[LOGITS], ref["logits"]),
+        features=_rel(infer[FEATURES], ref["features"]) if ref["features"] is not None else None,
+        batch_stats=max(stats) if stats else None,
+        entropy=_rel(adapt[ENTROPY], ref["entropy"]),
+        loss=_rel(adapt[LOSS], ref["loss"]),
+        grad_max=per_param[worst],
+        grad_total=_rel(total_ort, total_ref),
+        worst_grad=worst,
+    )
+
+
+def assert_within_tolerance(reports: list[ParityReport]) -> None:
+    for r in reports:
+        logits = max(r.logits_infer, r.logits_adapt)
+        if logits > LOGIT_TOLERANCE:
+            raise ExportError(
+                f"parity check failed at bn_alpha={r.bn_alpha}: logits differ by {logits:.2e} "
+                f"(norm-relative, limit {LOGIT_TOLERANCE:.0e}) from the float64 torch reference"
+            )
+        if r.grad_max > GRAD_TOLERANCE:
+            raise ExportError(
+                f"parity check failed at bn_alpha={r.bn_alpha}: gradient of {r.worst_grad} differs by "
+                f"{r.grad_max:.2e} (norm-relative, limit {GRAD_TOLERANCE:.0e}) from the float64 reference"
+            )

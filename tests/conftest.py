@@ -1,0 +1,57 @@
+"""Shared fixtures: small exported artifacts of every model family, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# Small configurations of each family, so the whole suite stays within minutes on 2 cores.
+FAMILY_CONFIGS = {
+    "resnet_bn": ({"blocks": 1, "width": 8}, (4, 3, 32, 32)),
+    "resnet_gn": ({"blocks": 1, "width": 8}, (4, 3, 32, 32)),
+    "sleep_cnn": ({"width": 8}, (4, 1, 3000)),
+    "tiny_vit": ({"dim": 32, "depth": 2, "heads": 2}, (4, 3, 32, 32)),
+    "mobilenet": ({"width": 8}, (4, 3, 32, 32)),
+}
+
+
+def make_family_model(name: str, seed: int = 0):
+    """A family model with non-trivial BN running statistics (a few train-mode forwards)."""
+    import torch
+
+    from edgetta.zoo.models import FAMILIES
+
+    kwargs, shape = FAMILY_CONFIGS[name]
+    torch.manual_seed(seed)
+    model = FAMILIES[name](**kwargs)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, *shape[1:]) * 1.5 + 0.3)
+    return model.eval(), shape
+
+
+class ArtifactCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.built: dict[str, tuple[Path, dict]] = {}
+
+    def get(self, name: str) -> tuple[Path, dict]:
+        if name not in self.built:
+            import torch
+
+            from edgetta.export import export_model
+
+            model, shape = make_family_model(name)
+            torch.manual_seed(1)
+            out = self.root / name
+            manifest = export_model(model, torch.randn(*shape), out)
+            self.built[name] = (out, manifest)
+        return self.built[name]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> ArtifactCache:
+    pytest.importorskip("torch")
+    return ArtifactCache(tmp_path_factory.mktemp("artifacts"))
