@@ -90,6 +90,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from edgetta.runtime.adapter import Adapter
+    from edgetta.runtime.config import load_config
+    from edgetta.runtime.replay import load_stream, replay
+
+    config = load_config(
+        args.config, method=args.method, batch_size=args.batch_size, episodic=True if args.episodic else None
+    )
+    stream = load_stream(args.data)
+    adapter = Adapter(args.artifact, config)
+    summary = replay(adapter, stream, args.out, episodic=config.episodic, label=config.method)
+    acc = f"{summary['accuracy']:.4f}" if summary["accuracy"] is not None else "n/a"
+    print(
+        f"{config.method}: {summary['samples']} samples, {summary['skipped']} skipped, accuracy {acc}, "
+        f"{summary['updates']} updates, {summary['backward_passes']} backward passes, {summary['seconds']} s "
+        f"-> {args.out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetta", description="Test-time adaptation runtime for edge devices.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="artifact directory")
     p.add_argument("--trt-lint", action="store_true", help="check both graphs for TensorRT compatibility")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("replay", help="run a recorded stream (NPZ) through an adaptation method")
+    p.add_argument("--artifact", required=True, help="artifact directory")
+    p.add_argument("--data", required=True, help="NPZ with x (model-ready inputs) and optional y, domain")
+    p.add_argument("--method", help="method or bundled preset: frozen, bn, bn_ema, lame, tent, eata, sar, safe_tent")
+    p.add_argument("--config", help="YAML config (may name a preset and override any key)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--episodic", action="store_true", help="reset to the source state whenever the domain changes")
+    p.add_argument("--out", required=True, help="output directory (predictions.jsonl, events.jsonl, summary.json)")
+    p.set_defaults(func=cmd_replay)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

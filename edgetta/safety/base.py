@@ -1,0 +1,112 @@
+"""The rail protocol: small objects that look at one adaptation step and decide.
+
+A step runs in phases and every rail gets a hook per phase (all optional):
+
+1. ``before_update(ctx)``  after the forward pass: may zero/scale ``ctx.weights`` (per-sample gate) or
+   set ``ctx.skip_update`` (batch-level gate). Predictions are already fixed; gating never drops them.
+2. ``on_gradients(ctx)``   after the adapt graph: may modify ``ctx.grads`` (Fisher anchor) or set
+   ``ctx.skip_update`` (non-finite loss or gradients).
+3. ``after_update(ctx)``   after the optimiser proposed ``ctx.proposed`` (new trainable params): may
+   edit it in place (stochastic restore, trust region), set ``ctx.reject_update`` (keep the old
+   params), or request a reset with ``ctx.request_reset(...)`` (collapse guard, periodic, EMA drift).
+4. ``after_commit(ctx)``   once the new state is in place (EMA snapshot bookkeeping).
+
+Every decision is recorded with ``ctx.emit(...)`` as an :class:`Event` with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RESET_SOURCE = "source"
+RESET_SNAPSHOT = "snapshot"
+
+
+@dataclass(frozen=True)
+class Event:
+    batch_index: int
+    rail: str
+    kind: str
+    reason: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batch": self.batch_index, "rail": self.rail, "kind": self.kind, "reason": self.reason, **self.data}
+
+
+@dataclass(frozen=True)
+class RailEnv:
+    """What rails may know about the deployment, given once at bind time."""
+
+    num_classes: int
+    source: dict[str, np.ndarray]
+    fisher: dict[str, np.ndarray]
+    anchor: dict[str, np.ndarray]
+    seed: int = 0
+
+
+@dataclass
+class StepContext:
+    batch_index: int
+    update_count: int
+    num_classes: int
+    logits: np.ndarray
+    probs: np.ndarray
+    entropy: np.ndarray
+    weights: np.ndarray
+    params: dict[str, np.ndarray]
+    source: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray] | None = None
+    loss: float | None = None
+    proposed: dict[str, np.ndarray] | None = None
+    skip_update: bool = False
+    reject_update: bool = False
+    reset: str | None = None
+    reset_params: dict[str, np.ndarray] | None = None
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, rail: str, kind: str, reason: str, **data: Any) -> None:
+        self.events.append(Event(self.batch_index, rail, kind, reason, data))
+
+    def request_reset(self, rail: str, target: str, reason: str, params: dict[str, np.ndarray] | None = None,
+                      **data: Any) -> None:
+        """Ask for a reset to the source parameters or to ``params`` (a snapshot). Source wins over snapshot."""
+        if self.reset == RESET_SOURCE:
+            return
+        self.reset = target
+        self.reset_params = params
+        self.emit(rail, "reset", reason, target=target, **data)
+
+
+class Rail:
+    """Base class: every hook is a no-op. ``name`` is the registry key used in configs."""
+
+    name = "rail"
+
+    def bind(self, env: RailEnv) -> None:
+        """Receive deployment facts (class count, source params, Fisher) before the first step."""
+
+    def before_update(self, ctx: StepContext) -> None:
+        pass
+
+    def on_gradients(self, ctx: StepContext) -> None:
+        pass
+
+    def after_update(self, ctx: StepContext) -> None:
+        pass
+
+    def after_commit(self, ctx: StepContext) -> None:
+        pass
+
+    def on_reset(self, target: str) -> None:
+        """Called after the runtime reset the state (any cause), so rails can clear their history."""
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Tensors and JSON-able values to checkpoint."""
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        pass
