@@ -17,7 +17,7 @@ from edgetta.runtime.config import RuntimeConfig
 from edgetta.runtime.engine import OrtEngine
 from edgetta.runtime.methods import Method, build_method
 from edgetta.runtime.state import AdaptState
-from edgetta.safety import build_rails
+from edgetta.safety import RECOMMENDED_ORDER, build_rails
 from edgetta.safety.base import RESET_SOURCE, Event, RailEnv
 
 
@@ -45,7 +45,9 @@ class Adapter:
             if not (config.method == "bn" and float(args.get("alpha", 1.0)) == 0.0):
                 args["window"] = config.window
         self.method: Method = build_method(config.method, **args)
-        rails = build_rails(config.rails)
+        # Rails run in the recommended order whatever the config order (guards first, resets last).
+        rails = sorted(build_rails(config.rails), key=lambda r: RECOMMENDED_ORDER.index(r.name)
+                       if r.name in RECOMMENDED_ORDER else len(RECOMMENDED_ORDER))
         if rails and not self.method.uses_gradients and config.method != "bn":
             raise ConfigError(f"rails: method {config.method} never updates parameters; remove the rails")
         env = RailEnv(

@@ -220,6 +220,11 @@ class GradientMethod(Method):
         return self._finish(ctx, out)
 
     def _finish(self, ctx: StepContext, out: StepOutput) -> StepOutput:
+        if ctx.proposed is None:
+            # Skipped batches still reach after_update (proposed=None), so drift and collapse
+            # signals gathered in before_update can request a reset without waiting for an update.
+            for rail in self.rails:
+                rail.after_update(ctx)
         if ctx.reset:
             self.reset(ctx.reset, ctx.reset_params)
         for rail in self.rails:
