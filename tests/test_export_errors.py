@@ -107,19 +107,38 @@ def test_cli_export_from_file_spec_with_calib_then_inspect(tmp_path, capsys):
     model_file.write_text(
         "import torch.nn as nn\n"
         "def build():\n"
-        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4*6*6, 3))\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),\n"
+        "                         nn.Flatten(), nn.Linear(4*6*6, 3))\n"
     )
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32))
     out = tmp_path / "art"
-    code = main(["export", f"{model_file}:build", "--input-shape", "2,1,8,8", "--out", str(out),
-                 "--class-names", "a,b,c", "--calib", str(calib), "--mean", "0.5", "--std", "0.25"])
+    code = main(
+        [
+            "export",
+            f"{model_file}:build",
+            "--input-shape",
+            "2,1,8,8",
+            "--out",
+            str(out),
+            "--class-names",
+            "a,b,c",
+            "--calib",
+            str(calib),
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "verification" in printed and "fisher       from 40 samples" in printed
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["class_names"] == ["a", "b", "c"] and manifest["input"]["preprocess"] == {"mean": [0.5],
-                                                                                              "std": [0.25]}
+    assert manifest["class_names"] == ["a", "b", "c"] and manifest["input"]["preprocess"] == {
+        "mean": [0.5],
+        "std": [0.25],
+    }
     from safetensors.numpy import load_file
 
     tensors = load_file(str(out / "params.safetensors"))
