@@ -110,6 +110,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgetta.demo import run_demo
+
+    recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip())
+    run_demo(args.out, recipes=recipes, batch_size=args.batch_size, limit_per_phase=args.limit_per_phase)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetta", description="Test-time adaptation runtime for edge devices.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodic", action="store_true", help="reset to the source state whenever the domain changes")
     p.add_argument("--out", required=True, help="output directory (predictions.jsonl, events.jsonl, summary.json)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="the main job on the bundled model and data: frozen vs adapted, torch-free")
+    p.add_argument("--out", default="edgetta-demo", help="output directory for demo.png and demo.json")
+    p.add_argument("--recipes", default="frozen,demo",
+                   help="comma-separated: 'demo' (EATA + rails) or any preset (frozen, bn, tent, eata, sar, ...)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit-per-phase", type=int, help="use only the first N images of each phase (quick runs)")
+    p.set_defaults(func=cmd_demo)
 
     for register in _EXTRA_COMMANDS:
         register(sub)
