@@ -74,7 +74,6 @@ def replay(
     bs = config.batch_size
     n = len(stream.x)
     correct = labelled = 0
-    resets = 0
     progress = Progress(n, label)
     started = time.perf_counter()
     with open(out / "predictions.jsonl", "w") as preds_file, open(out / "events.jsonl", "w") as events_file:
@@ -89,7 +88,6 @@ def replay(
                     stop = start + int(change[0])
                 if episodic and start > 0 and stream.domain[start - 1] != first:
                     event = adapter.reset(f"domain changed to {int(first)}")
-                    resets += 1
                     events_file.write(json.dumps(event.to_json()) + "\n")
             result = adapter.process(stream.x[start:stop])
             for event in result.events:
@@ -125,7 +123,7 @@ def replay(
         "forward_passes": int(totals["forward_passes"]),
         "backward_passes": int(totals["backward_passes"]),
         "gated_samples": _gated(out / "events.jsonl"),
-        "resets": int(adapter.state.reset_count) + resets,
+        "resets": int(adapter.state.reset_count),
         "events": dict(adapter.event_counts),
         "seconds": round(seconds, 3),
         "samples_per_second": round(n / seconds, 1) if seconds > 0 else None,

@@ -8,7 +8,7 @@ from edgetta.safety.base import RESET_SNAPSHOT, RESET_SOURCE, Event, Rail, RailE
 from edgetta.safety.collapse import CollapseGuard
 from edgetta.safety.ema_reset import EmaReset
 from edgetta.safety.fisher_anchor import FisherAnchor
-from edgetta.safety.gates import BatchEntropyGate, EntropyGate
+from edgetta.safety.gates import BatchEntropyGate, DiversityGate, EntropyGate
 from edgetta.safety.nonfinite import NonfiniteGuard
 from edgetta.safety.periodic import PeriodicReset
 from edgetta.safety.registry import (
@@ -28,6 +28,7 @@ __all__ = [
     "RESET_SNAPSHOT",
     "RESET_SOURCE",
     "BatchEntropyGate",
+    "DiversityGate",
     "CollapseGuard",
     "EmaReset",
     "EntropyGate",

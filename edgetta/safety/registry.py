@@ -15,7 +15,7 @@ from edgetta.safety.base import Rail
 from edgetta.safety.collapse import CollapseGuard
 from edgetta.safety.ema_reset import EmaReset
 from edgetta.safety.fisher_anchor import FisherAnchor
-from edgetta.safety.gates import BatchEntropyGate, EntropyGate
+from edgetta.safety.gates import BatchEntropyGate, DiversityGate, EntropyGate
 from edgetta.safety.nonfinite import NonfiniteGuard
 from edgetta.safety.periodic import PeriodicReset
 from edgetta.safety.restore import StochasticRestore
@@ -28,6 +28,7 @@ RAILS: dict[str, type[Rail]] = {
     for cls in (
         EntropyGate,
         BatchEntropyGate,
+        DiversityGate,
         FisherAnchor,
         CollapseGuard,
         EmaReset,
@@ -42,6 +43,7 @@ RECOMMENDED_ORDER: tuple[str, ...] = (
     "nonfinite_guard",
     "entropy_gate",
     "batch_entropy_gate",
+    "diversity_gate",
     "fisher_anchor",
     "trust_region",
     "stochastic_restore",

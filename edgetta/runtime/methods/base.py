@@ -157,7 +157,7 @@ class GradientMethod(Method):
 
     def bind(self, engine: OrtEngine, state: AdaptState, rails: list[Rail], env: RailEnv) -> None:
         super().bind(engine, state, rails, env)
-        gating = {"entropy_gate", "batch_entropy_gate"}
+        gating = {"entropy_gate", "batch_entropy_gate", "diversity_gate"}
         self.needs_preview = self.preview or any(r.name in gating for r in self.rails)
 
     def select(self, ctx: StepContext) -> None:
