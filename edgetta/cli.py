@@ -118,6 +118,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_trt(args: argparse.Namespace) -> int:
+    from edgetta.export.tensorrt import build_engines
+
+    for which, path in build_engines(args.artifact, max_batch=args.max_batch, fp16=args.fp16).items():
+        print(f"{which}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetta", description="Test-time adaptation runtime for edge devices.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="artifact directory")
     p.add_argument("--trt-lint", action="store_true", help="check both graphs for TensorRT compatibility")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("build-trt", help="build TensorRT engines from an artifact (on the target device)")
+    p.add_argument("artifact", help="artifact directory")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--fp16", action="store_true")
+    p.set_defaults(func=cmd_build_trt)
 
     p = sub.add_parser("replay", help="run a recorded stream (NPZ) through an adaptation method")
     p.add_argument("--artifact", required=True, help="artifact directory")
