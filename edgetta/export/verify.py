@@ -1,6 +1,8 @@
 """Parity of the exported graphs against a float64 torch reference of the ORIGINAL model.
 
 bn_alpha = 0 is compared with eval mode, bn_alpha = 1 with train-mode BatchNorm (dropout off).
+A parameter whose gradient float32 torch itself misses by more than the 5e-3 limit (ill-conditioned,
+near-zero gradients) passes when the export is within 2x of torch float32 on it.
 The loss is sum_i w_H H_i + sum_i w_CE CE(z_i, argmax z_i) with both weights non-zero, so both
 terms of the adapt graph are checked. Figures are norm-relative: ||ort - ref|| / ||ref||.
 """
@@ -46,6 +48,7 @@ class ParityReport:
     grad_max: float
     grad_total: float
     worst_grad: str
+    torch32_grad: float  # torch's own float32 error on worst_grad: the yardstick float32 can reach
 
     def to_json(self) -> dict:
         return {k: (round(v, 10) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -57,8 +60,8 @@ def _rel(ort: np.ndarray, ref: torch.Tensor, floor: float = 0.0) -> float:
     return float(np.linalg.norm(np.asarray(ort, dtype=np.float64) - ref_np) / denom)
 
 
-def _reference_model(original: nn.Module, bn_alpha: float) -> nn.Module:
-    ref = copy.deepcopy(original).double().eval()
+def _reference_model(original: nn.Module, bn_alpha: float, dtype: torch.dtype) -> nn.Module:
+    ref = copy.deepcopy(original).to(dtype).eval()
     if bn_alpha == 1.0:
         for module in ref.modules():
             if norm_kind(module) == "batchnorm":
@@ -74,8 +77,9 @@ def reference_outputs(
     bn_alpha: float,
     entropy_weight: np.ndarray,
     ce_weight: np.ndarray,
+    dtype: torch.dtype = torch.float64,
 ) -> dict:
-    ref = _reference_model(original, bn_alpha)
+    ref = _reference_model(original, bn_alpha, dtype)
     modules = dict(ref.named_modules())
     captured: dict[str, torch.Tensor] = {}
     hooks = [
@@ -91,10 +95,10 @@ def reference_outputs(
     params = {n: p for n, p in ref.named_parameters()}
     trainable = [params[n] for n in prepared.trainable_names]
     with torch.enable_grad():
-        logits = ref(torch.from_numpy(x).double())
+        logits = ref(torch.from_numpy(x).to(dtype))
         entropy, pseudo_ce = entropy_and_pseudo_ce(logits)
-        loss = (torch.from_numpy(entropy_weight).double() * entropy).sum() + (
-            torch.from_numpy(ce_weight).double() * pseudo_ce
+        loss = (torch.from_numpy(entropy_weight).to(dtype) * entropy).sum() + (
+            torch.from_numpy(ce_weight).to(dtype) * pseudo_ce
         ).sum()
         grads = torch.autograd.grad(loss, trainable, allow_unused=True)
     for h in hooks:
@@ -141,6 +145,7 @@ def check_parity(
     floor = 1e-3 * float(total_ref.norm())
     per_param = {n: _rel(adapt[f"{n}.grad"], g, floor) for n, g in ref["grads"].items()}
     worst = max(per_param, key=per_param.get)
+    torch32 = reference_outputs(original, prepared, x, bn_alpha, ew, cw, dtype=torch.float32)["grads"][worst]
     # Floor: a BN right after another train-mode BN sees an exactly zero-mean input.
     stats = [_rel(infer[name], value, 1e-4 * value.numel() ** 0.5) for name, value in ref["stats"].items()]
     return ParityReport(
@@ -155,6 +160,7 @@ def check_parity(
         grad_max=per_param[worst],
         grad_total=_rel(total_ort, total_ref),
         worst_grad=worst,
+        torch32_grad=_rel(torch32.detach().numpy(), ref["grads"][worst], floor),
     )
 
 
@@ -166,8 +172,10 @@ def assert_within_tolerance(reports: list[ParityReport]) -> None:
                 f"parity check failed at bn_alpha={r.bn_alpha}: logits differ by {logits:.2e} "
                 f"(norm-relative, limit {LOGIT_TOLERANCE:.0e}) from the float64 torch reference"
             )
-        if r.grad_max > GRAD_TOLERANCE:
+        # A gradient that float32 torch itself cannot get closer than the limit is judged against torch.
+        if r.grad_max > max(GRAD_TOLERANCE, 2.0 * r.torch32_grad):
             raise ExportError(
                 f"parity check failed at bn_alpha={r.bn_alpha}: gradient of {r.worst_grad} differs by "
-                f"{r.grad_max:.2e} (norm-relative, limit {GRAD_TOLERANCE:.0e}) from the float64 reference"
+                f"{r.grad_max:.2e} (norm-relative, limit {GRAD_TOLERANCE:.0e}; torch float32 itself: "
+                f"{r.torch32_grad:.2e}) from the float64 reference"
             )
