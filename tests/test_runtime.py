@@ -278,3 +278,17 @@ def test_full_adaptation_loop_never_imports_torch(tmp_path, stream):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["backward_passes"] > 0
+
+
+def test_reforward_predicts_with_updated_parameters(stream):
+    x = stream.x[stream.phase == 1][:64]
+    base = {"method": "tent", "rails": ["nonfinite_guard"], "method_args": {"optimizer": "adam", "lr": 1e-2}}
+    pre = Adapter(BN_ART, load_config(None, **base)).process(x)
+    post_adapter = Adapter(
+        BN_ART, load_config(None, **{**base, "method_args": {**base["method_args"], "reforward": True}})
+    )
+    post = post_adapter.process(x)
+    assert post.updated and not np.allclose(pre.logits, post.logits)
+    expected = post_adapter.engine.infer(x, post_adapter.state.params, 1.0)["logits"]
+    np.testing.assert_allclose(post.logits, expected, rtol=1e-5, atol=1e-5)
+    assert post_adapter.totals["forward_passes"] == 2

@@ -142,8 +142,10 @@ class GradientMethod(Method):
         bn_alpha: float = 1.0,
         bn_momentum: float = 0.0,
         window: int = 0,
+        reforward: bool = False,
     ) -> None:
         super().__init__(window=window)
+        self.reforward = bool(reforward)  # predict after the update (one more forward) instead of before
         kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
         if optimizer.lower() == "sgd":
             kwargs.update(momentum=momentum, nesterov=nesterov)
@@ -217,7 +219,13 @@ class GradientMethod(Method):
                 self.state.set_trainable(ctx.proposed)
                 self.state.update_count += 1
                 out.updated = True
-        return self._finish(ctx, out)
+        out = self._finish(ctx, out)
+        if self.reforward and out.updated:
+            # Predict with the updated parameters (one more forward) instead of the pre-update pass.
+            logits = self.engine.infer(x, self.state.params, self.bn_alpha, outputs=[LOGITS])[LOGITS]
+            out.logits, out.entropy = logits, entropy_of(logits)
+            out.forward_passes += 1
+        return out
 
     def _finish(self, ctx: StepContext, out: StepOutput) -> StepOutput:
         if ctx.proposed is None:
