@@ -32,6 +32,25 @@ def make_family_model(name: str, seed: int = 0):
     return model.eval(), shape
 
 
+def run_without_torch(body: str, timeout: int = 600):
+    """Run Python ``body`` in a subprocess where any import of torch raises; it must also end with torch
+    absent from sys.modules. Returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    guard = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name == 'torch' or name.startswith('torch.'):\n"
+        "        raise ImportError('torch import attempted: ' + name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+    )
+    check = "\nassert 'torch' not in sys.modules\nsys.exit(rc)\n"
+    return subprocess.run([sys.executable, "-c", guard + body + check], capture_output=True, text=True, timeout=timeout)
+
+
 class ArtifactCache:
     def __init__(self, root: Path) -> None:
         self.root = root

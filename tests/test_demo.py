@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+from tests.conftest import run_without_torch
 
 
 def test_demo_runs_without_torch_on_a_slice(tmp_path):
-    code = (
-        "import sys, builtins\n"
-        "real = builtins.__import__\n"
-        "def guard(name, *a, **k):\n"
-        "    if name == 'torch' or name.startswith('torch.'):\n"
-        "        raise ImportError('torch import attempted: ' + name)\n"
-        "    return real(name, *a, **k)\n"
-        "builtins.__import__ = guard\n"
+    result = run_without_torch(
         "from edgetta.cli import main\n"
         f"rc = main(['demo', '--out', {str(tmp_path)!r}, '--limit-per-phase', '64', '--batch-size', '32'])\n"
-        "assert 'torch' not in sys.modules\n"
-        "sys.exit(rc)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "clean again" in result.stdout and "frozen" in result.stdout
     results = json.loads((tmp_path / "demo.json").read_text())

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from edgetta.errors import ExportError
+from tests.conftest import run_without_torch
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -161,19 +160,6 @@ def test_cli_reports_export_errors_cleanly(tmp_path, capsys):
 
 def test_inspect_never_imports_torch(artifacts):
     path, _ = artifacts.get("resnet_bn")
-    code = (
-        "import sys, builtins\n"
-        "real = builtins.__import__\n"
-        "def guard(name, *a, **k):\n"
-        "    if name == 'torch' or name.startswith('torch.'):\n"
-        "        raise ImportError('torch import attempted: ' + name)\n"
-        "    return real(name, *a, **k)\n"
-        "builtins.__import__ = guard\n"
-        "from edgetta.cli import main\n"
-        f"rc = main(['inspect', {str(path)!r}, '--trt-lint'])\n"
-        "assert 'torch' not in sys.modules\n"
-        "sys.exit(rc)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = run_without_torch(f"from edgetta.cli import main\nrc = main(['inspect', {str(path)!r}, '--trt-lint'])\n")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "integrity: all file hashes match" in result.stdout

@@ -180,30 +180,26 @@ class GradientMethod(Method):
             self._refresh_stats(fwd)
             return StepOutput(fwd[LOGITS], entropy_of(fwd[LOGITS]), forward_passes=1)
         if self.needs_preview:
+            # Sample weights depend on the entropies: forward first, adapt graph only if something survives.
             fwd = self.engine.infer(x, self.state.params, self.bn_alpha)
             out = StepOutput(fwd[LOGITS], entropy_of(fwd[LOGITS]), forward_passes=1)
-            ctx = self.context(out.logits, batch_index, out.entropy)
-            self.select(ctx)
-            for rail in self.rails:
-                rail.before_update(ctx)
-            if ctx.skip_update or not np.any(ctx.weights > 0):
-                self._refresh_stats(fwd)
-                return self._finish(ctx, out)
+        else:
+            # One call: Tent's uniform weights are known in advance (rails may still skip the update).
+            n = x.shape[0]
+            fwd = self._run_adapt(x, self.state.params, np.full(n, 1.0 / n, np.float32))
+            out = StepOutput(fwd[LOGITS], fwd["entropy"], forward_passes=1, backward_passes=1)
+        ctx = self.context(out.logits, batch_index, out.entropy)
+        self.select(ctx)
+        for rail in self.rails:
+            rail.before_update(ctx)
+        if ctx.skip_update or not np.any(ctx.weights > 0):
+            self._refresh_stats(fwd)
+            return self._finish(ctx, out)
+        result = fwd
+        if self.needs_preview:
             result = self._run_adapt(x, self.state.params, ctx.weights.astype(np.float32))
             out.backward_passes += 1
-        else:
-            n = x.shape[0]
-            result = self._run_adapt(x, self.state.params, np.full(n, 1.0 / n, np.float32))
-            fwd = result
-            out = StepOutput(result[LOGITS], result["entropy"], forward_passes=1, backward_passes=1)
-            ctx = self.context(out.logits, batch_index, out.entropy)
-            self.select(ctx)
-            for rail in self.rails:
-                rail.before_update(ctx)
-            if ctx.skip_update or not np.any(ctx.weights > 0):
-                self._refresh_stats(fwd)
-                return self._finish(ctx, out)
-        self._refresh_stats(fwd)
+        self._refresh_stats(fwd)  # after the adapt call, so it normalises like the forward it follows
         ctx.grads, ctx.loss = self._grads(result), float(result["loss"])
         self.gradients(x, ctx, out)
         if not ctx.skip_update:
