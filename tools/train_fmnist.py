@@ -30,7 +30,7 @@ from edgetta.zoo.models import FAMILIES  # noqa: E402
 CONFIGS: dict[str, dict[str, Any]] = {
     "resnet_bn": {"in_channels": 1, "num_classes": 10, "width": 16, "blocks": 1},
     "resnet_gn": {"in_channels": 1, "num_classes": 10, "width": 16, "blocks": 1},
-    "tiny_vit": {"image_size": 28, "patch": 4, "in_channels": 1, "num_classes": 10, "dim": 64, "depth": 4,
+    "tiny_vit": {"image_size": 28, "patch": 7, "in_channels": 1, "num_classes": 10, "dim": 64, "depth": 4,
                  "heads": 4},
 }
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
-    lr = args.lr if args.lr is not None else (1e-3 if args.model == "tiny_vit" else 3e-3)
+    lr = args.lr if args.lr is not None else (2e-3 if args.model == "tiny_vit" else 3e-3)
     model, record = train(args.model, args.epochs, args.data_root, args.limit, args.seed, args.batch_size, lr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.out)
