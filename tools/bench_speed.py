@@ -159,7 +159,6 @@ class TorchTent:
     def __init__(self, model) -> None:
         import torch
 
-        self.torch = torch
         self.model = model.train()
         params = []
         for module in model.modules():

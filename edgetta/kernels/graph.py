@@ -3,7 +3,7 @@
 The exporter traces BatchNorm as plain reductions and elementwise ops (portable: TensorRT rejects
 training-mode BatchNormalization) and its backward as the decomposition of those ops: about twenty
 full-size elementwise passes per BN layer, plus ``Where`` nodes for ReLU gradients, which ORT's CPU
-kernel runs ~50x slower than a ``Mul``. ``optimize_graph`` rewrites, per trainable BN layer:
+kernel runs ~100x slower than a ``Mul``. ``optimize_graph`` rewrites, per trainable BN layer:
 
 - forward: ``BatchNormalization`` in training mode (one fused pass yields the output, the batch mean and
   the biased batch variance) when ``bn_alpha`` is 1, else an inference-mode ``BatchNormalization`` fed
