@@ -15,3 +15,11 @@ class ArtifactError(EdgettaError):
 
 class ConfigError(EdgettaError):
     """A configuration value is invalid; the message names the key."""
+
+
+class DataError(EdgettaError):
+    """Input data (a stream file, arrays, a label) cannot be read or does not fit the model."""
+
+
+class OutputError(EdgettaError):
+    """An output location cannot be created or written."""
