@@ -7,7 +7,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from edgetta.errors import EdgettaError
+from edgetta import __version__
+from edgetta.errors import ConfigError, EdgettaError
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -90,23 +91,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _method_choice(name: str | None) -> dict[str, str]:
+    """``--method NAME``: a bundled preset when one has that name, else the method with its own defaults."""
+    from edgetta.runtime.config import preset_names
+
+    if not name:
+        return {}
+    return {"preset": name} if name in preset_names() else {"method": name}
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from edgetta.runtime.adapter import Adapter
-    from edgetta.runtime.config import load_config
-    from edgetta.runtime.replay import load_stream, replay
+    from edgetta.runtime.config import load_config, valid_names
+    from edgetta.streams import NpzSource, prepare_output_dir, replay, skip_lines, summary_line
 
+    if not args.method and not args.config:
+        raise ConfigError(f"choose what to run with --method NAME or --config FILE.yaml ({valid_names()})")
     config = load_config(
-        args.config, method=args.method, batch_size=args.batch_size, episodic=True if args.episodic else None
+        args.config,
+        batch_size=args.batch_size,
+        episodic=True if args.episodic else None,
+        **_method_choice(args.method),
     )
-    stream = load_stream(args.data)
+    out = prepare_output_dir(args.out)
+    source = NpzSource(args.data)
     adapter = Adapter(args.artifact, config)
-    summary = replay(adapter, stream, args.out, episodic=config.episodic, label=config.method)
-    acc = f"{summary['accuracy']:.4f}" if summary["accuracy"] is not None else "n/a"
-    print(
-        f"{config.method}: {summary['samples']} samples, {summary['skipped']} skipped, accuracy {acc}, "
-        f"{summary['updates']} updates, {summary['backward_passes']} backward passes, {summary['seconds']} s "
-        f"-> {args.out}"
-    )
+    summary = replay(adapter, source, out, episodic=config.episodic, probabilities=args.probabilities)
+    print(f"{summary_line(summary)} -> {out}")
+    if summary.skipped:
+        print("skipped inputs, most common reasons first:")
+        print("\n".join(skip_lines(summary)))
+    if summary.processed == 0:
+        why = "the stream holds no inputs ('x' has 0 rows)" if summary.samples == 0 else "every input was skipped"
+        reasons = "; ".join(summary.skip_reasons)
+        print(
+            f"edgetta replay: error: no input could be processed: {why}" + (f" ({reasons})" if reasons else ""),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -128,6 +150,7 @@ def cmd_build_trt(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetta", description="Test-time adaptation runtime for edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgetta {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="export a torch model to an artifact (needs edgetta[export])")
@@ -170,17 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run a recorded stream (NPZ) through an adaptation method")
     p.add_argument("--artifact", required=True, help="artifact directory")
     p.add_argument("--data", required=True, help="NPZ with x (model-ready inputs) and optional y, domain")
-    p.add_argument("--method", help="method or bundled preset: frozen, bn, bn_ema, lame, tent, eata, sar, safe_tent")
+    p.add_argument(
+        "--method",
+        help="a bundled preset (frozen, bn, bn_ema, lame, tent, eata, sar, safe_tent) or a method with its own "
+        "defaults and no rails",
+    )
     p.add_argument("--config", help="YAML config (may name a preset and override any key)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--episodic", action="store_true", help="reset to the source state whenever the domain changes")
+    p.add_argument("--probabilities", action="store_true", help="add class probabilities to predictions.jsonl")
     p.add_argument("--out", required=True, help="output directory (predictions.jsonl, events.jsonl, summary.json)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="the main job on the bundled model and data: frozen vs adapted, torch-free")
     p.add_argument("--out", default="edgetta-demo", help="output directory for demo.png and demo.json")
-    p.add_argument("--recipes", default="frozen,demo",
-                   help="comma-separated: 'demo' (EATA + rails) or any preset (frozen, bn, tent, eata, sar, ...)")
+    p.add_argument(
+        "--recipes",
+        default="frozen,demo",
+        help="comma-separated: 'demo' (EATA + rails) or any preset (frozen, bn, tent, eata, sar, ...)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit-per-phase", type=int, help="use only the first N images of each phase (quick runs)")
     p.set_defaults(func=cmd_demo)
@@ -199,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EdgettaError as exc:
+        print(f"edgetta {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no (permissions, a full disk): a message, not a traceback
         print(f"edgetta {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

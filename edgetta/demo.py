@@ -9,7 +9,7 @@ rolling accuracy and rail events, plus JSON results.
 from __future__ import annotations
 
 import json
-import time
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 
 from edgetta.runtime.adapter import Adapter
-from edgetta.runtime.config import load_config
-from edgetta.runtime.replay import Progress
+from edgetta.runtime.config import RuntimeConfig, load_config, preset_names
+from edgetta.streams import ArraySource, Collector, Progress, plural, prepare_output_dir, run_stream
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 DEFAULT_RECIPES = ("frozen", "demo")
 DEMO_RECIPE = {
-    # EATA with Adam (the CIFAR-style setting that suits a small model), Fisher anchoring from the
-    # artifact's calibration, and the collapse guard; BN statistics are the test batch's (bn_alpha = 1).
-    "method": "eata",
+    # The EATA preset with Adam (the CIFAR-style setting that suits a small model), Fisher anchoring from
+    # the artifact's calibration, and the collapse guard; BN statistics are the test batch's (bn_alpha = 1).
+    "preset": "eata",
     "method_args": {"optimizer": "adam", "lr": 0.001, "e0_fraction": 0.4, "eps": 0.4},
     "rails": [
         "nonfinite_guard",
@@ -34,18 +34,25 @@ DEMO_RECIPE = {
         {"name": "collapse_guard", "threshold": 0.2, "max_class_fraction": 0.95},
     ],
 }
+PLOT_MISSING = "demo.png skipped: pip install 'edgetta[plot]'"
 
 
 def asset_path(name: str) -> Path:
     return Path(str(resources.files("edgetta.assets") / name))
 
 
-@dataclass
-class DemoStream:
-    x: np.ndarray
-    y: np.ndarray
-    phase: np.ndarray
-    phase_names: list[str]
+class DemoStream(ArraySource):
+    """The bundled stream: Fashion-MNIST test images through phases; the phase id is the domain, so
+    batches never straddle a phase boundary (as a camera sees one scene at a time)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, phase: np.ndarray, phase_names: list[str]) -> None:
+        super().__init__(x, y, phase, name="demo")
+        self.phase_names = phase_names
+
+    @property
+    def phase(self) -> np.ndarray:
+        assert self.domain is not None
+        return self.domain
 
     @classmethod
     def load(cls, path: Path | None = None, limit_per_phase: int | None = None) -> DemoStream:
@@ -63,39 +70,37 @@ class DemoStream:
 class RecipeRun:
     name: str
     correct: np.ndarray
-    event_batches: dict[str, list[int]] = field(default_factory=dict)
+    event_batches: dict[str, list[int]] = field(default_factory=dict)  # kind -> first sample of each batch
     totals: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
-def recipe_config(name: str, batch_size: int):
+def recipe_config(name: str, batch_size: int) -> RuntimeConfig:
+    """``demo`` (the recipe above) or a bundled preset, else a method with its own defaults."""
     if name == "demo":
-        return load_config(None, batch_size=batch_size, **DEMO_RECIPE)
-    return load_config(None, method=name, batch_size=batch_size)
+        return load_config(batch_size=batch_size, name="demo", **DEMO_RECIPE)
+    if name in preset_names():
+        return load_config(preset=name, batch_size=batch_size)
+    return load_config(method=name, batch_size=batch_size)
 
 
 def run_recipe(
-    name: str, artifact: Path, stream: DemoStream, batch_size: int, progress: Progress, done: int
+    name: str, artifact: Path, stream: DemoStream, batch_size: int, progress: Progress | None = None
 ) -> RecipeRun:
     adapter = Adapter(artifact, recipe_config(name, batch_size))
-    correct = np.zeros(len(stream.x), dtype=bool)
-    events: dict[str, list[int]] = {}
-    started = time.perf_counter()
-    start = 0
-    while start < len(stream.x):
-        stop = min(start + batch_size, len(stream.x))
-        # Batches never straddle a phase boundary (as a camera would see one scene at a time).
-        boundary = np.flatnonzero(stream.phase[start:stop] != stream.phase[start])
-        stop = start + int(boundary[0]) if boundary.size else stop
-        result = adapter.process(stream.x[start:stop])
-        correct[start:stop] = result.preds == stream.y[start:stop]
-        for event in result.events:
-            events.setdefault(event.kind, []).append(start)
-        start = stop
-        progress.update(done + start, f"{name}: acc so far {correct[:start].mean():.3f}")
-    totals = dict(adapter.totals)
-    totals["resets"] = adapter.state.reset_count
-    return RecipeRun(name, correct, events, totals, time.perf_counter() - started)
+    collector = Collector()
+    if progress is not None:
+        progress.label = f"demo {name}"
+    summary = run_stream(adapter, stream, [collector], batch_size=batch_size, progress=progress)
+    totals = {
+        "processed": summary.processed,
+        "skipped": summary.skipped,
+        "updates": summary.updates,
+        "forward_passes": summary.forward_passes,
+        "backward_passes": summary.backward_passes,
+        "resets": summary.resets,
+    }
+    return RecipeRun(name, collector.correct(), collector.event_indices(), totals, summary.seconds)
 
 
 def phase_table(stream: DemoStream, runs: list[RecipeRun]) -> str:
@@ -109,12 +114,23 @@ def phase_table(stream: DemoStream, runs: list[RecipeRun]) -> str:
     return "\n".join(lines)
 
 
-def plot(stream: DemoStream, runs: list[RecipeRun], path: Path, window: int = 64) -> None:
-    import matplotlib
-
+def _pyplot() -> Any | None:
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib (the ``plot`` extra) is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(stream: DemoStream, runs: list[RecipeRun], path: Path, window: int = 64) -> bool:
+    """Rolling accuracy and rail events as a PNG; False (nothing written) without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return False
     fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
     kernel = np.ones(window) / window
     for run in runs:
@@ -154,6 +170,7 @@ def plot(stream: DemoStream, runs: list[RecipeRun], path: Path, window: int = 64
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return True
 
 
 def run_demo(
@@ -163,27 +180,27 @@ def run_demo(
     limit_per_phase: int | None = None,
     artifact: str | Path | None = None,
 ) -> dict[str, Any]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out_dir)
     stream = DemoStream.load(limit_per_phase=limit_per_phase)
     artifact_path = Path(artifact) if artifact else asset_path("fmnist_resnet_bn")
     print(f"edgetta demo: {len(stream.x)} Fashion-MNIST test images, phases: {' -> '.join(stream.phase_names)}")
     print(f"model: {artifact_path.name} (bundled, exported BatchNorm ResNet); recipes: {', '.join(recipes)}\n")
     progress = Progress(len(stream.x) * len(recipes), "demo")
-    runs = []
-    for i, name in enumerate(recipes):
-        runs.append(run_recipe(name, artifact_path, stream, batch_size, progress, i * len(stream.x)))
-    progress.close()
+    try:
+        runs = [run_recipe(name, artifact_path, stream, batch_size, progress) for name in recipes]
+    finally:
+        progress.close()
     table = phase_table(stream, runs)
     print(table)
     for run in runs:
+        totals = run.totals
+        events = ", ".join(f"{k} {len(v)}" for k, v in sorted(run.event_batches.items())) or "none"
         print(
-            f"\n{run.name}: {run.totals.get('updates', 0)} updates, {run.totals.get('backward_passes', 0)} backward "
-            f"passes, {run.totals.get('resets', 0)} resets, events "
-            + (", ".join(f"{k} {len(v)}" for k, v in sorted(run.event_batches.items())) or "none")
-            + f", {run.seconds:.1f} s"
+            f"\n{run.name}: {plural(totals['updates'], 'update')}, "
+            f"{plural(totals['backward_passes'], 'backward pass')}, {plural(totals['resets'], 'reset')}, "
+            f"events {events}, {run.seconds:.1f} s"
         )
-    plot(stream, runs, out / "demo.png")
+    plotted = plot(stream, runs, out / "demo.png")
     results = {
         "phases": stream.phase_names,
         "recipes": {
@@ -200,5 +217,9 @@ def run_demo(
         },
     }
     (out / "demo.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out / 'demo.png'} and {out / 'demo.json'}")
+    if plotted:
+        print(f"\nwrote {out / 'demo.png'} and {out / 'demo.json'}")
+    else:
+        print(f"\nwrote {out / 'demo.json'}")
+        print(PLOT_MISSING, file=sys.stderr)
     return results

@@ -1,4 +1,5 @@
-"""Smoke test of tools/bench.py: 2 corruptions x 16 samples x 2 methods on the bundled BN artifact."""
+"""tools/bench.py: its settings build valid configs, it runs streams through the one loop, and a smoke run
+(2 corruptions x 16 samples x 2 methods on the bundled BN artifact, when Fashion-MNIST is installed)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +22,34 @@ def _load_bench():
 
 
 @pytest.fixture(scope="module")
+def bench():
+    return _load_bench()
+
+
+def test_every_bench_setting_builds_a_config(bench):
+    for name, spec in bench.METHOD_SETTINGS.items():
+        config = bench.make_config(name, 16)
+        assert config.name == name and config.method == spec.get("method", name) and config.batch_size == 16
+        for key, value in spec["method_args"].items():
+            assert config.method_args[key] == value
+
+
+def test_predict_stream_uses_the_one_loop_and_matches_plain_batching(bench):
+    from edgetta.runtime.adapter import Adapter
+
+    with np.load(ARTIFACT.parent / "demo_stream.npz") as data:
+        images = data["images"][data["phase"] == 1][:40]
+    x = ((images.astype(np.float32) / 255 - 0.2860) / 0.3530)[:, None]
+    x[7] = np.nan
+    manual = Adapter(ARTIFACT, bench.make_config("tent", 16))
+    expected = np.concatenate([manual.process(x[i : i + 16]).preds for i in range(0, len(x), 16)])
+    adapter = Adapter(ARTIFACT, bench.make_config("tent", 16))
+    preds = bench.predict_stream(adapter, x, 16)
+    np.testing.assert_array_equal(preds, expected)
+    assert preds[7] == -1 and adapter.totals["updates"] == manual.totals["updates"] > 0
+
+
+@pytest.fixture(scope="module")
 def fmnist():
     from edgetta.data import load_fashion_mnist
 
@@ -29,10 +59,9 @@ def fmnist():
         pytest.skip(f"Fashion-MNIST not available: {exc}")
 
 
-def test_bench_smoke(fmnist, tmp_path):
+def test_bench_smoke(fmnist, bench, tmp_path):
     if not (ARTIFACT / "manifest.json").is_file():
         pytest.skip("bundled BN artifact missing")
-    bench = _load_bench()
     images, labels = fmnist
     names = ["gaussian_noise", "fog"]
     results = bench.run_benchmark(

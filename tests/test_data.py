@@ -23,10 +23,12 @@ from edgetta.data.streams import (
     continual,
     episodic,
     label_sorted,
-    load_stream,
     mixed,
     save_stream,
 )
+from edgetta.errors import DataError
+from edgetta.streams import ArraySource, NpzSource
+from tests.blocking import run_blocking
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = fm.default_root()
@@ -198,7 +200,7 @@ def test_batch_independence(sample: tuple[np.ndarray, np.ndarray]) -> None:
     images = sample[0][:6]
     for name in ("defocus_blur", "zoom_blur", "pixelate", "jpeg_compression", "contrast"):
         together = corrupt(images, name, 4, 0)
-        alone = np.concatenate([corrupt(images[i:i + 1], name, 4, 0) for i in range(len(images))])
+        alone = np.concatenate([corrupt(images[i : i + 1], name, 4, 0) for i in range(len(images))])
         np.testing.assert_array_equal(together, alone, err_msg=name)
 
 
@@ -208,24 +210,24 @@ def test_batch_independence(sample: tuple[np.ndarray, np.ndarray]) -> None:
 def test_stream_builders(sample: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = sample[0][:40], sample[1][:40]
     s = episodic(images, labels, "fog", 5)
-    assert s["x"].shape == (40, 1, 28, 28) and s["x"].dtype == np.float32
-    assert s["y"].dtype == np.int64 and (s["domain"] == CORRUPTIONS.index("fog")).all()
-    np.testing.assert_array_equal(s["y"], labels)
+    assert s.x.shape == (40, 1, 28, 28) and s.x.dtype == np.float32
+    assert s.y.dtype == np.int64 and (s.domain == CORRUPTIONS.index("fog")).all()
+    np.testing.assert_array_equal(s.y, labels)
 
     c = continual(images, labels, 3, limit_per_domain=10)
-    assert len(c["y"]) == 150 and c["domain"].dtype == np.int64
-    np.testing.assert_array_equal(c["domain"], np.repeat(np.arange(15), 10))
-    np.testing.assert_array_equal(c["x"], continual(images, labels, 3, limit_per_domain=10)["x"])
+    assert len(c.y) == 150 and c.domain.dtype == np.int64
+    np.testing.assert_array_equal(c.domain, np.repeat(np.arange(15), 10))
+    np.testing.assert_array_equal(c.x, continual(images, labels, 3, limit_per_domain=10).x)
 
     m = mixed(images, labels, 3, limit_per_domain=10)
-    assert sorted(m["domain"].tolist()) == sorted(c["domain"].tolist())
-    assert not np.array_equal(m["domain"], c["domain"])
+    assert sorted(m.domain.tolist()) == sorted(c.domain.tolist())
+    assert not np.array_equal(m.domain, c.domain)
 
     ls = label_sorted(images, labels, "snow", 5)
-    assert (np.diff(ls["y"]) >= 0).all() and sorted(ls["y"].tolist()) == sorted(labels.tolist())
+    assert (np.diff(ls.y) >= 0).all() and sorted(ls.y.tolist()) == sorted(labels.tolist())
     cl = clean(images, labels, limit_per_domain=7)
-    assert len(cl["y"]) == 7 and (cl["domain"] == -1).all()
-    assert cl["x"].max() <= (1 - fm.MEAN) / fm.STD + 1e-5
+    assert len(cl.y) == 7 and (cl.domain == -1).all()
+    assert cl.x.max() <= (1 - fm.MEAN) / fm.STD + 1e-5
 
     with pytest.raises(ValueError, match="valid names"):
         episodic(images, labels, "rain", 1)
@@ -236,7 +238,7 @@ def test_stream_subset_consistent(sample: tuple[np.ndarray, np.ndarray]) -> None
     images, labels = sample
     e = episodic(images, labels, "brightness", 2, limit_per_domain=12, seed=5)
     c = continual(images, labels, 2, limit_per_domain=12, seed=5)
-    np.testing.assert_array_equal(c["x"][c["domain"] == CORRUPTIONS.index("brightness")], e["x"])
+    np.testing.assert_array_equal(c.x[c.domain == CORRUPTIONS.index("brightness")], e.x)
 
 
 def test_stream_cache(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,25 +247,56 @@ def test_stream_cache(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray], mon
     path = save_stream(tmp_path / "s.npz", s)
     with np.load(path) as stored:
         assert "pixels" in stored.files and stored["pixels"].dtype == np.uint8  # compact storage
-    back = load_stream(path)
+        assert "x" not in stored.files and float(stored["pixel_mean"]) == pytest.approx(fm.MEAN)
+    back = NpzSource(path)
     for key in ("x", "y", "domain"):
-        np.testing.assert_array_equal(back[key], s[key])
-        assert back[key].dtype == s[key].dtype
+        np.testing.assert_array_equal(getattr(back, key), getattr(s, key))
+        assert getattr(back, key).dtype == getattr(s, key).dtype
 
     monkeypatch.setenv("EDGETTA_CACHE", str(tmp_path / "cache"))
     first = cached_stream("episodic", images, labels, name="fog", severity=4)
     files = list((tmp_path / "cache").glob("*.npz"))
     assert len(files) == 1
     second = cached_stream("episodic", images, labels, name="fog", severity=4)
-    np.testing.assert_array_equal(first["x"], second["x"])
+    np.testing.assert_array_equal(first.x, second.x)
     cached_stream("episodic", images, labels, name="fog", severity=3)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
-    arbitrary = {"x": np.linspace(-1, 1, 2 * 784, dtype=np.float32).reshape(2, 1, 28, 28),
-                 "y": np.array([1, 2]), "domain": np.array([-1, -1])}
-    back = load_stream(save_stream(tmp_path / "f.npz", arbitrary))
-    np.testing.assert_array_equal(back["x"], arbitrary["x"])
+    arbitrary = ArraySource(
+        np.linspace(-1, 1, 2 * 784, dtype=np.float32).reshape(2, 1, 28, 28), np.array([1, 2]), np.array([-1, -1])
+    )
+    path = save_stream(tmp_path / "f.npz", arbitrary)
+    with np.load(path) as stored:
+        assert "x" in stored.files and "pixels" not in stored.files  # not images: stored as they are
+    np.testing.assert_array_equal(NpzSource(path).x, arbitrary.x)
 
     np.savez(tmp_path / "bad.npz", a=np.zeros(3))
-    with pytest.raises(ValueError, match="not a stream"):
-        load_stream(tmp_path / "bad.npz")
+    with pytest.raises(DataError, match="no array 'x'"):
+        NpzSource(tmp_path / "bad.npz")
+
+
+def test_cached_stream_is_a_source_with_file_positions(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = sample[0][:6], sample[1][:6]
+    src = cached_stream("clean", images, labels, cache=tmp_path)
+    items = list(src)
+    assert len(items) == 6 and str(items[2].position).endswith(".npz:2") and items[2].domain == -1
+    assert items[2].label == int(labels[2])
+
+
+def test_corruptions_import_scipy_only_when_used() -> None:
+    """A plain install (no bench extra) can import the data package; using a scipy corruption says what
+    to install."""
+    result = run_blocking(
+        "import numpy as np\n"
+        "import edgetta.data.corruptions as c, edgetta.data.streams\n"
+        "images = np.zeros((2, 28, 28), np.uint8)\n"
+        "c.corrupt(images, 'gaussian_noise', 3)  # numpy only\n"
+        "try:\n"
+        "    c.corrupt(images, 'defocus_blur', 3)\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "    rc = 0\n",
+        blocked=("scipy", "torch", "matplotlib"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pip install 'edgetta[bench]'" in result.stdout

@@ -41,6 +41,7 @@ from edgetta.data import load_fashion_mnist, to_model_input  # noqa: E402
 from edgetta.data.corruptions import CORRUPTIONS, corrupt  # noqa: E402
 from edgetta.runtime.adapter import Adapter  # noqa: E402
 from edgetta.runtime.config import RuntimeConfig, load_config  # noqa: E402
+from edgetta.streams import ArraySource, Collector, run_stream  # noqa: E402
 
 METHODS: tuple[str, ...] = ("frozen", "bn", "lame", "tent", "eata", "sar")
 # Extra variant run on the wild settings only: Tent behind the label-shift rails.
@@ -50,7 +51,7 @@ WILD_SETTINGS: tuple[str, ...] = ("mixed", "bs1", "label_sorted", "forgetting")
 # CIFAR-style settings for small models (the bundled presets are the ImageNet ones: SGD lr 2.5e-4).
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "frozen": {"method_args": {}, "rails": []},
-    "bn": {"method_args": {"alpha": 1.0, "momentum": 0.0}, "rails": []},
+    "bn": {"method_args": {"bn_alpha": 1.0, "bn_momentum": 0.0}, "rails": []},
     "lame": {"method_args": {"affinity": "knn", "knn": 5, "lam": 1.0, "max_iter": 100}, "rails": []},
     "tent": {"method_args": {"optimizer": "adam", "lr": 1e-3}, "rails": ["nonfinite_guard"]},
     "eata": {
@@ -83,11 +84,12 @@ KNOWN_ARTIFACTS: dict[str, Path] = {
 
 
 def make_config(method: str, batch_size: int, seed: int = 0) -> RuntimeConfig:
+    """The bundled preset of the runtime method, with the settings above merged in (method_args key by key)."""
     spec = METHOD_SETTINGS[method]
     base = spec.get("method", method)
     return load_config(
-        None,
-        method=base,
+        preset=base,
+        name=method,
         batch_size=batch_size,
         method_args=dict(spec["method_args"]),
         rails=list(spec["rails"]),
@@ -131,12 +133,11 @@ def subset(n: int, size: int, seed: int, exclude: np.ndarray | None = None) -> n
 # ------------------------------------------------------------------------------------------ running
 
 
-def run_stream(adapter: Adapter, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Predictions for ``x`` processed online in batches of ``batch_size`` (-1 where skipped)."""
-    preds = np.empty(len(x), dtype=np.int64)
-    for start in range(0, len(x), batch_size):
-        preds[start : start + batch_size] = adapter.process(x[start : start + batch_size]).preds
-    return preds
+def predict_stream(adapter: Adapter, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Predictions for ``x`` processed online by the one loop in batches of ``batch_size`` (-1 where skipped)."""
+    collector = Collector()
+    run_stream(adapter, ArraySource(x, name="bench"), [collector], batch_size=batch_size)
+    return collector.preds()
 
 
 def error(preds: np.ndarray, y: np.ndarray) -> float:
@@ -225,7 +226,7 @@ def run_benchmark(
                     for name in corruptions:
                         adapter.reset("new domain")
                         before = counts(adapter)
-                        per[name] = error(run_stream(adapter, data[sev][name], batch_size), y)
+                        per[name] = error(predict_stream(adapter, data[sev][name], batch_size), y)
                         for k in passes:
                             passes[k] += counts(adapter, before)[k]
                     res["episodic"].setdefault(str(sev), {})[method] = {
@@ -236,7 +237,7 @@ def run_benchmark(
                 # Continual at severity 5, then forgetting on clean data without a reset.
                 adapter.reset("continual start")
                 before = counts(adapter)
-                per = {name: error(run_stream(adapter, data[5][name], batch_size), y) for name in corruptions}
+                per = {name: error(predict_stream(adapter, data[5][name], batch_size), y) for name in corruptions}
                 res["continual"][method] = {
                     "mean": float(np.mean(list(per.values()))),
                     "per_corruption": per,
@@ -244,16 +245,16 @@ def run_benchmark(
                 }
                 if "forgetting" in wild:
                     res["wild"]["forgetting"][method] = {
-                        "error": error(run_stream(adapter, clean_x, batch_size), clean_y),
+                        "error": error(predict_stream(adapter, clean_x, batch_size), clean_y),
                         **counts(adapter, before),
                     }
             elif "forgetting" in wild:
                 adapter = Adapter(art, make_config(method, batch_size, seed))
                 before = counts(adapter)
                 for name in corruptions:
-                    run_stream(adapter, data[5][name], batch_size)
+                    predict_stream(adapter, data[5][name], batch_size)
                 res["wild"]["forgetting"][method] = {
-                    "error": error(run_stream(adapter, clean_x, batch_size), clean_y),
+                    "error": error(predict_stream(adapter, clean_x, batch_size), clean_y),
                     **counts(adapter, before),
                 }
             for setting, xs, ys, bs in (
@@ -264,7 +265,7 @@ def run_benchmark(
                 if setting not in wild:
                     continue
                 adapter = Adapter(art, make_config(method, bs, seed))
-                res["wild"][setting][method] = {"error": error(run_stream(adapter, xs, bs), ys), **counts(adapter)}
+                res["wild"][setting][method] = {"error": error(predict_stream(adapter, xs, bs), ys), **counts(adapter)}
             log(f"[{model}] {method}: {time.time() - t0:.0f} s (total {time.time() - t_start:.0f} s)")
         results["models"][model] = res
     results["meta"]["seconds"] = round(time.time() - t_start, 1)
@@ -388,7 +389,12 @@ def render_markdown(results: dict[str, Any], command: str = "", discussion: str 
 
 
 def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
+    """Bar charts of the episodic and wild results; none (with a note) when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plots skipped: pip install 'edgetta[plot]'", file=sys.stderr)
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -25,8 +25,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import fft as sfft
-from scipy import ndimage
 
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
@@ -105,6 +103,15 @@ _FFT_CHUNK = 1024
 # ----------------------------------------------------------------------------------------- helpers
 
 
+def _scipy() -> tuple[Any, Any]:
+    """scipy's fft and ndimage, imported on first use: scipy is in the ``bench`` extra only."""
+    try:
+        from scipy import fft, ndimage
+    except ImportError as exc:
+        raise ImportError(f"corruptions need scipy ({exc}): pip install 'edgetta[bench]'") from exc
+    return fft, ndimage
+
+
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -178,6 +185,7 @@ def _correlate_per_image(x: np.ndarray, offsets: np.ndarray, weights: np.ndarray
 
     ``offsets`` [N, K, 2] (dy, dx) in pixels; edge-replicated borders; computed with batched FFTs.
     """
+    sfft = _scipy()[0]
     n, h, w = x.shape
     pad = int(np.ceil(np.abs(offsets).max())) + 1
     hp, wp = h + 2 * pad, w + 2 * pad
@@ -240,6 +248,7 @@ def _plasma(rng: np.random.Generator, n: int, size: int, decay: float) -> np.nda
 @lru_cache(maxsize=1)
 def _frost_textures(count: int = 4, size: int = 160) -> np.ndarray:
     """Synthetic frost textures [count, size, size] in [0, 1]: smooth haze plus bright branching needles."""
+    ndimage = _scipy()[1]
     rng = np.random.default_rng(_FROST_TEXTURE_SEED)
     textures = []
     for _ in range(count):
@@ -291,6 +300,7 @@ def _impulse_noise(x: np.ndarray, rng: np.random.Generator, amount: float) -> np
 
 
 def _defocus_blur(x: np.ndarray, rng: np.random.Generator, radius: float, alias_sigma: float) -> np.ndarray:
+    ndimage = _scipy()[1]
     half = int(np.ceil(radius + 3 * alias_sigma)) + 1
     supersample = 9
     sub = (np.arange((2 * half + 1) * supersample) + 0.5) / supersample - half - 0.5
@@ -304,6 +314,7 @@ def _defocus_blur(x: np.ndarray, rng: np.random.Generator, radius: float, alias_
 
 def _glass_blur(x: np.ndarray, rng: np.random.Generator, sigma: float, max_delta: int,
                 iterations: int) -> np.ndarray:
+    ndimage = _scipy()[1]
     n, h, w = x.shape
     out = ndimage.gaussian_filter(x, (0, sigma, sigma), mode="mirror")
     d = max_delta
@@ -374,6 +385,7 @@ def _contrast(x: np.ndarray, rng: np.random.Generator, factor: float) -> np.ndar
 
 
 def _elastic(x: np.ndarray, rng: np.random.Generator, alpha: float, sigma: float, affine: float) -> np.ndarray:
+    ndimage = _scipy()[1]
     n, h, w = x.shape
     # random affine: jitter three reference points; sample the source at the inverse map of each pixel
     centre = np.array([h // 2, w // 2], dtype=np.float64)
@@ -409,7 +421,10 @@ def _pixelate(x: np.ndarray, rng: np.random.Generator, factor: float) -> np.ndar
 def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     """JPEG round trip. Images are edge-padded to multiples of 8 (as the codec does itself) and tiled
     into one mosaic so that a single encode handles the batch; blocks never straddle two images."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError(f"jpeg_compression needs Pillow ({exc}): pip install 'edgetta[bench]'") from exc
 
     n, h, w = images.shape
     th, tw = -(-h // 8) * 8, -(-w // 8) * 8
