@@ -70,6 +70,13 @@ def _array(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
         raise DataError(f"data file {path}: array {key!r} holds Python objects; store numeric arrays ({exc})") from exc
 
 
+def _scalar(data: np.lib.npyio.NpzFile, key: str, path: Path) -> float:
+    value = _array(data, key, path)
+    if value.size != 1 or value.dtype.kind not in "iuf":
+        raise DataError(f"data file {path}: {key!r} must be one number, got {value.dtype} of shape {value.shape}")
+    return float(value.reshape(-1)[0])
+
+
 def read_npz(path: str | Path) -> StreamArrays:
     """Read a stream file; a :class:`DataError` names what is wrong and how to save it instead."""
     path = Path(path)
@@ -82,7 +89,7 @@ def read_npz(path: str | Path) -> StreamArrays:
             if "x" in files:
                 x = _array(data, "x", path)
             elif set(PIXEL_KEYS) <= files:
-                mean, std = float(_array(data, "pixel_mean", path)), float(_array(data, "pixel_std", path))
+                mean, std = _scalar(data, "pixel_mean", path), _scalar(data, "pixel_std", path)
                 x = pixels_to_inputs(_array(data, "pixels", path), mean, std)
             else:
                 found = ", ".join(sorted(files)) or "no arrays"
@@ -98,6 +105,6 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
     os.replace(tmp, path)
     return path
