@@ -17,6 +17,10 @@ class ConfigError(EdgettaError):
     """A configuration value is invalid; the message names the key."""
 
 
+class CheckpointError(EdgettaError, ValueError):
+    """A checkpoint is missing, unreadable, foreign, too new, or does not match this configuration."""
+
+
 class DataError(EdgettaError):
     """Input data (a stream file, arrays, a label) cannot be read or does not fit the model."""
 

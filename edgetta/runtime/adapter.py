@@ -1,24 +1,42 @@
-"""``Adapter``: the object a device program drives. It owns the engine, the state, the method and
-its rails; validates every batch; and checkpoints/restores everything atomically."""
+"""``Adapter``: the object a device program drives.
+
+It owns the engine, the adaptation state, the method and its rail pipeline; checks every call's input;
+decides per call whether the rows can be normalised on their own or go through the sliding window; and
+checkpoints/restores everything at once. Its own decisions (rail order, a rail dropped, the window
+switched on or off, preprocessing applied) are events like the rails', delivered with the next result.
+
+    adapter = Adapter("artifact_dir", load_config(preset="tent"))
+    result = adapter.process(frames)       # float32 [N, C, H, W] (or integers, preprocessed per manifest)
+    result.preds, result.entropy, result.skipped, result.events
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgetta.errors import ConfigError
-from edgetta.runtime.artifact import Artifact, load_artifact
-from edgetta.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from edgetta.runtime.config import RuntimeConfig
-from edgetta.runtime.engine import OrtEngine
-from edgetta.runtime.methods import Method, build_method
+from edgetta.contract import LOGITS, Artifact, load_artifact
+from edgetta.errors import CheckpointError
+from edgetta.kernels import entropy as entropy_of
+from edgetta.runtime.checkpoint import load_checkpoint, save_checkpoint
+from edgetta.runtime.config import RuntimeConfig, build_method
+from edgetta.runtime.inputs import InputPreparer
+from edgetta.runtime.methods import Method, StepOutput
 from edgetta.runtime.state import AdaptState
-from edgetta.safety import RECOMMENDED_ORDER, build_rails
-from edgetta.safety.base import RESET_SOURCE, Event, RailEnv
+from edgetta.runtime.window import SlidingWindow
+from edgetta.safety import RailPipeline, build_rails
+from edgetta.safety.base import RESET_SOURCE, Event, RailEnv, RailUnavailable
+
+if TYPE_CHECKING:
+    from edgetta.engines import Engine
+
+log = logging.getLogger("edgetta")
+RUNTIME = "runtime"
 
 
 @dataclass
@@ -34,89 +52,170 @@ class BatchResult:
 
 
 class Adapter:
-    def __init__(self, artifact: Artifact | str | Path, config: RuntimeConfig) -> None:
+    """Runs one artifact under one RuntimeConfig. ``engine``: any :class:`~edgetta.engines.Engine`
+    (default: ONNX Runtime with ``config.engine`` options); streams of one artifact may share one."""
+
+    def __init__(self, artifact: Artifact | str | Path, config: RuntimeConfig, engine: Engine | None = None) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         self.config = config
-        self.engine = OrtEngine(self.artifact, config.engine)
-        self.state = AdaptState.from_artifact(self.artifact)
-        args = dict(config.method_args)
-        has_bn = any(la.kind == "batchnorm" for la in self.artifact.norm_layers)
-        if config.batch_size == 1 and has_bn and config.method not in ("frozen", "lame") and "window" not in args:
-            if not (config.method == "bn" and float(args.get("alpha", 1.0)) == 0.0):
-                args["window"] = config.window
-        self.method: Method = build_method(config.method, **args)
-        # Rails run in the recommended order whatever the config order (guards first, resets last).
-        rails = sorted(build_rails(config.rails), key=lambda r: RECOMMENDED_ORDER.index(r.name)
-                       if r.name in RECOMMENDED_ORDER else len(RECOMMENDED_ORDER))
-        if rails and not self.method.uses_gradients and config.method != "bn":
-            raise ConfigError(f"rails: method {config.method} never updates parameters; remove the rails")
-        env = RailEnv(
-            num_classes=self.artifact.num_classes,
-            source=self.state.trainable_source(),
-            fisher=self.artifact.fisher,
-            anchor=self.artifact.anchor,
-            seed=config.seed,
-        )
-        self.method.bind(self.engine, self.state, rails, env)
-        self.item_shape = tuple(self.artifact.input_shape[1:])
+        if engine is None:
+            from edgetta.engines import OrtEngine
+
+            engine = OrtEngine(self.artifact, config.engine)
+        self.engine: Engine = engine
+        self.inputs = InputPreparer(tuple(self.artifact.input_shape[1:]), self.artifact.preprocess)
         self.batches = 0
         self.totals: Counter[str] = Counter()
         self.event_counts: Counter[str] = Counter()
+        self._pending: list[Event] = []
+        self._windowed: bool | None = None
+        self._preprocess_noted = False
+        self._build()
+        self._note_start()
 
-    # -- processing ----------------------------------------------------------------------------
-    def validate(self, x: np.ndarray) -> list[str | None]:
-        if x.ndim != len(self.item_shape) + 1 or tuple(x.shape[1:]) != self.item_shape:
-            reason = f"shape {tuple(x.shape[1:])} != expected {self.item_shape}"
-            return [reason] * (x.shape[0] if x.ndim else 1)
-        finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
-        return [None if ok else "non-finite values in input" for ok in finite]
-
-    def process(self, x: np.ndarray) -> BatchResult:
-        x = np.asarray(x)
-        skipped = self.validate(x)
-        n, c = len(skipped), self.artifact.num_classes
-        result = BatchResult(
-            np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), np.full((n, c), np.nan, np.float32), skipped
+    # -- construction --------------------------------------------------------------------------------
+    def _build(self) -> None:
+        """Fresh state at the source, a fresh method and rails: used at start and after a failed restore."""
+        self.state = AdaptState.from_artifact(self.artifact)
+        self.method: Method = build_method(self.config.method, self.config.method_args)
+        self.rails = RailPipeline(build_rails(self.config.rails), self.method.offers(), self.config.method)
+        env = RailEnv(
+            num_classes=self.artifact.num_classes,
+            source=dict(self.state.source),
+            fisher=self.artifact.fisher,
+            anchor=self.artifact.anchor,
+            seed=self.config.seed,
         )
-        good = [i for i, reason in enumerate(skipped) if reason is None]
+        self.method.bind(self.engine, self.state, self.rails, env)
+        self.dropped: list[tuple[str, str]] = []
+        for rail in list(self.rails.rails):
+            try:
+                rail.bind(env)
+            except RailUnavailable as exc:
+                if not rail.optional:
+                    raise
+                self.rails.remove(rail)
+                self.dropped.append((rail.name, str(exc)))
+        needs_window = self.method.needs_batch(self.artifact)
+        self.window = SlidingWindow(self.config.window_size) if needs_window else None
+
+    def _note_start(self) -> None:
+        for name, why in self.dropped:
+            self._note("downgrade", f"rail {name} dropped: {why}", rail=name)
+            log.warning("edgetta: rail %s dropped: %s", name, why)
+        if self.rails.rails:
+            configured = [r if isinstance(r, str) else r.get("name") for r in self.config.rails]
+            configured = [n for n in configured if n in self.rails.names]
+            self._note("rails", f"rails run in order: {', '.join(self.rails.names)}", order=self.rails.names)
+            if configured != self.rails.names:
+                self._note(
+                    "reorder",
+                    "rails reordered by what they act on (guards, gates, gradient and proposal edits, resets)",
+                    configured=configured,
+                    order=self.rails.names,
+                )
+
+    def _note(self, kind: str, reason: str, **data: Any) -> None:
+        self._pending.append(Event(self.batches, RUNTIME, kind, reason, data))
+
+    # -- processing ------------------------------------------------------------------------------------
+    def process(self, x: Any) -> BatchResult:
+        """Predict (and adapt on) one call's rows. Bad rows get a skip reason and never reach the model."""
+        prepared = self.inputs.prepare(x)
+        n, c = len(prepared.skipped), self.artifact.num_classes
+        result = BatchResult(
+            np.full(n, -1, np.int64),
+            np.full(n, np.nan, np.float32),
+            np.full((n, c), np.nan, np.float32),
+            prepared.skipped,
+        )
+        if prepared.preprocessed and not self._preprocess_noted:
+            self._preprocess_noted = True
+            self._note(
+                "preprocess", f"integer input mapped with the artifact's preprocessing ({self.inputs.describe()})"
+            )
+        good = prepared.index
         self.totals["skipped"] += n - len(good)
-        if good:
-            batch = np.ascontiguousarray(x[good], dtype=np.float32)
-            out = self.method.step(batch, self.batches)
+        if len(good):
+            out = self._step(prepared.rows)
             result.logits[good] = out.logits
             result.preds[good] = np.argmax(out.logits, axis=1)
             result.entropy[good] = out.entropy
             result.updated = out.updated
-            result.events = out.events
+            result.events.extend(out.events)
             self.totals["forward_passes"] += out.forward_passes
             self.totals["backward_passes"] += out.backward_passes
             self.totals["updates"] += int(out.updated)
             self.totals["processed"] += len(good)
-            for event in out.events:
-                self.event_counts[event.kind] += 1
+        result.events[:0] = self._pending
+        self._pending = []
+        for event in result.events:
+            self.event_counts[event.kind] += 1
         self.batches += 1
         return result
 
+    def _step(self, rows: np.ndarray) -> StepOutput:
+        """The method's step on ``rows``, through the sliding window when the call is too small."""
+        n = len(rows)
+        small = self.window is not None and n < self.config.min_batch
+        self._note_window(small, n)
+        if not small:
+            if self.window is not None:
+                self.window.observe(rows)
+            return self.method.step(rows, self.batches, update=True)
+        batch, update = self.window.push(rows)
+        if len(batch) < self.config.min_batch:
+            # Too few rows seen yet to normalise with their statistics: predict like the source model.
+            return self._source_prediction(rows)
+        out = self.method.step(batch, self.batches, update=update)
+        out.logits, out.entropy = out.logits[-n:], out.entropy[-n:]
+        return out
+
+    def _source_prediction(self, rows: np.ndarray) -> StepOutput:
+        logits = self.engine.infer(rows, self.state.params, 0.0, outputs=[LOGITS])[LOGITS]
+        return StepOutput(logits, entropy_of(logits), forward_passes=1)
+
+    def _note_window(self, small: bool, n: int) -> None:
+        if self.window is None or small == self._windowed:
+            return
+        if small:
+            self._note(
+                "window",
+                f"call of {n} rows < min_batch {self.config.min_batch}: predicting inside a sliding window of the "
+                f"last {self.window.size} rows, one update per {self.window.size} new rows",
+                rows=n,
+                window=self.window.size,
+            )
+        elif self._windowed is not None:
+            self._note("window", f"call of {n} rows: normalising with its own statistics again", rows=n)
+        self._windowed = small
+
     def reset(self, reason: str = "requested") -> Event:
+        """Back to the source parameters and statistics (rails and optimiser cleared, window emptied)."""
         self.method.reset(RESET_SOURCE)
-        event = Event(self.batches, "runtime", "reset", reason, {"target": RESET_SOURCE})
+        if self.window is not None:
+            self.window.clear()
+        event = Event(self.batches, RUNTIME, "reset", reason, {"target": RESET_SOURCE})
         self.event_counts["reset"] += 1
         return event
 
-    # -- checkpoints ---------------------------------------------------------------------------
+    # -- checkpoints -----------------------------------------------------------------------------------
     def checkpoint_payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         tensors = {f"params/{k}": v for k, v in self.state.params.items()}
         method_tensors, method_meta = self.method.method_state()
         tensors.update({f"method/{k}": v for k, v in method_tensors.items()})
-        rails_meta = {}
-        for i, rail in enumerate(self.method.rails):
-            rail_tensors, rail_meta = rail.state()
-            tensors.update({f"rail{i}/{k}": v for k, v in rail_tensors.items()})
-            rails_meta[f"rail{i}"] = {"name": rail.name, **rail_meta}
+        rail_tensors, rails_meta = self.rails.state()
+        tensors.update(rail_tensors)
+        window_meta = None
+        if self.window is not None:
+            window_tensors, window_meta = self.window.state()
+            tensors.update({f"window/{k}": v for k, v in window_tensors.items()})
         meta = {
             "method": self.config.method,
+            "recipe": self.config.name,
             "method_meta": method_meta,
             "rails": rails_meta,
+            "window": window_meta,
             "update_count": self.state.update_count,
             "reset_count": self.state.reset_count,
             "batches": self.batches,
@@ -130,33 +229,48 @@ class Adapter:
         save_checkpoint(path, tensors, meta, artifact_id=self.artifact.identity)
 
     def restore(self, path: str | Path) -> None:
-        """Load a checkpoint. On any problem the state stays at the source parameters and the error
-        (a CheckpointError naming the cause) propagates for the caller to log."""
+        """Load a checkpoint, all of it or nothing: on any problem the whole state (parameters, statistics,
+        optimiser, rails, window) is back at the source and a CheckpointError names the cause."""
         try:
             tensors, meta = load_checkpoint(path, artifact_id=self.artifact.identity)
-            if meta.get("method") != self.config.method:
-                raise CheckpointError(
-                    f"checkpoint {path} was written by method {meta.get('method')!r}, "
-                    f"this runtime runs {self.config.method!r}"
-                )
-            params = {k[len("params/") :]: v for k, v in tensors.items() if k.startswith("params/")}
-            if set(params) != set(self.state.source):
-                raise CheckpointError(f"checkpoint {path} does not hold this artifact's parameters")
-            self.state.params = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
-            self.method.load_method_state(
-                {k[len("method/") :]: v for k, v in tensors.items() if k.startswith("method/")}, meta["method_meta"]
-            )
-            for i, rail in enumerate(self.method.rails):
-                prefix = f"rail{i}/"
-                rail.load_state(
-                    {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-                    meta["rails"].get(f"rail{i}", {}),
-                )
-            self.state.update_count = int(meta["update_count"])
-            self.state.reset_count = int(meta["reset_count"])
-        except (CheckpointError, KeyError, ValueError) as exc:
-            self.state.reset_to_source()
-            self.state.reset_count -= 1
+            self._check(path, tensors, meta)
+            self._load(tensors, meta)
+        except Exception as exc:
+            self._build()
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(f"checkpoint {path} is incomplete ({exc}); running on source parameters") from exc
+
+    def _check(self, path: str | Path, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Every mismatch is found before anything is changed."""
+        if meta.get("method") != self.config.method:
+            raise CheckpointError(
+                f"checkpoint {path} was written by method {meta.get('method')!r}, this runtime runs "
+                f"{self.config.method!r}; running on source parameters"
+            )
+        params = {k[len("params/") :]: v for k, v in tensors.items() if k.startswith("params/")}
+        if set(params) != set(self.state.source) or any(
+            np.shape(v) != np.shape(self.state.source[k]) for k, v in params.items()
+        ):
+            raise CheckpointError(f"checkpoint {path} does not hold this artifact's parameters")
+        try:
+            self.rails.check_state(meta.get("rails") or {})
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}; running on source parameters") from None
+        if (meta.get("window") is None) != (self.window is None):
+            raise CheckpointError(f"checkpoint {path}: sliding window state does not match this configuration")
+
+    def _load(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        def under(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.state.params = {k: np.ascontiguousarray(v, np.float32) for k, v in under("params/").items()}
+        self.method.load_method_state(under("method/"), meta["method_meta"])
+        self.rails.load_state(tensors, meta["rails"])
+        if self.window is not None:
+            self.window.load_state(under("window/"), meta["window"])
+        self.state.update_count = int(meta["update_count"])
+        self.state.reset_count = int(meta["reset_count"])
+        self.batches = int(meta.get("batches", 0))
+        self.totals = Counter({k: int(v) for k, v in meta.get("totals", {}).items()})
+        self.event_counts = Counter({k: int(v) for k, v in meta.get("events", {}).items()})

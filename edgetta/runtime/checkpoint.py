@@ -19,16 +19,14 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from edgetta.errors import CheckpointError
+
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "edgetta.checkpoint"
 CHECKPOINT_VERSION = 1
 _META_KEY = "edgetta"
 _RESERVED = ("format", "version", "artifact_sha256")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, foreign, too new, or written for another artifact."""
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -5,10 +5,12 @@ live with their owners; the runtime gathers all of them for a checkpoint."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgetta.runtime.artifact import Artifact
+if TYPE_CHECKING:
+    from edgetta.contract import Artifact
 
 
 def copy_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -41,8 +43,17 @@ class AdaptState:
     def trainable_source(self) -> dict[str, np.ndarray]:
         return {k: self.source[k] for k in self.trainable}
 
-    def set_trainable(self, values: dict[str, np.ndarray]) -> None:
+    def values(self, names: list[str]) -> dict[str, np.ndarray]:
+        return {k: self.params[k] for k in names}
+
+    def source_values(self, names: list[str]) -> dict[str, np.ndarray]:
+        return {k: self.source[k] for k in names}
+
+    def set_values(self, values: dict[str, np.ndarray]) -> None:
+        """Replace the named graph-input tensors (norm parameters or statistics)."""
         for k, v in values.items():
+            if k not in self.params:
+                raise KeyError(f"{k!r} is not a parameter of this artifact")
             self.params[k] = np.ascontiguousarray(v, dtype=np.float32)
 
     def reset_to_source(self) -> None:

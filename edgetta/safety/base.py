@@ -1,5 +1,10 @@
 """The rail protocol: small objects that look at one adaptation step and decide.
 
+Each rail class declares what it acts on (``acts_on``, a set of :class:`Target`); that declaration fixes
+its place in the pipeline (guards first, then by first target in pipeline order, then by name; see
+``edgetta.safety.pipeline``) and decides whether a method can host it at all (a method offers targets;
+a rail that acts on nothing the method offers is refused at config load).
+
 A step runs in phases and every rail gets a hook per phase (all optional):
 
 1. ``before_update(ctx)``  after the forward pass: may zero/scale ``ctx.weights`` (per-sample gate) or
@@ -17,12 +22,29 @@ Every decision is recorded with ``ctx.emit(...)`` as an :class:`Event` with a re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from enum import IntEnum
+from typing import Any, ClassVar
 
 import numpy as np
 
+from edgetta.errors import ConfigError
+
 RESET_SOURCE = "source"
 RESET_SNAPSHOT = "snapshot"
+
+
+class Target(IntEnum):
+    """What a rail acts on, in pipeline order."""
+
+    BATCH = 1  # whether this batch updates at all (before the update)
+    SAMPLE_WEIGHTS = 2  # the per-sample weights of the loss (before the update)
+    GRADIENTS = 3  # the gradients of the loss (after the adapt graph)
+    PROPOSAL = 4  # the proposed new values of the adapted tensors (norm parameters or BN statistics)
+    RESET = 5  # requests to reset the state to the source or to a snapshot
+
+
+class RailUnavailable(ConfigError):
+    """A rail cannot work with this artifact (e.g. no Fisher diagonal); optional rails are then dropped."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +93,9 @@ class StepContext:
     def emit(self, rail: str, kind: str, reason: str, **data: Any) -> None:
         self.events.append(Event(self.batch_index, rail, kind, reason, data))
 
-    def request_reset(self, rail: str, target: str, reason: str, params: dict[str, np.ndarray] | None = None,
-                      **data: Any) -> None:
+    def request_reset(
+        self, rail: str, target: str, reason: str, params: dict[str, np.ndarray] | None = None, **data: Any
+    ) -> None:
         """Ask for a reset to the source parameters or to ``params`` (a snapshot). Source wins over snapshot."""
         if self.reset == RESET_SOURCE:
             return
@@ -82,9 +105,17 @@ class StepContext:
 
 
 class Rail:
-    """Base class: every hook is a no-op. ``name`` is the registry key used in configs."""
+    """Base class: every hook is a no-op. ``name`` is the registry key used in configs; ``acts_on`` what the
+    rail may change; ``guard`` rails run first in every phase. ``spec`` (set by ``build_rail``) is the full
+    configuration, defaults included, used to key checkpoint state. ``optional``: when the artifact lacks
+    what the rail needs (``bind`` raises RailUnavailable) the runtime drops the rail with an event instead
+    of refusing to start."""
 
     name = "rail"
+    acts_on: ClassVar[frozenset[Target]] = frozenset()
+    guard: ClassVar[bool] = False
+    optional = False
+    spec: dict[str, Any]
 
     def bind(self, env: RailEnv) -> None:
         """Receive deployment facts (class count, source params, Fisher) before the first step."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgetta.errors import ConfigError
 from edgetta.safety._common import check_int, check_number, opt_float, update_applies, weighted_mean_entropy
-from edgetta.safety.base import RESET_SOURCE, Rail, StepContext
+from edgetta.safety.base import RESET_SOURCE, Rail, StepContext, Target
 
 __all__ = ["CollapseGuard"]
 
@@ -26,6 +26,7 @@ class CollapseGuard(Rail):
     """Reset to source when the entropy EMA drops below ``threshold`` or one class fills the prediction window."""
 
     name = "collapse_guard"
+    acts_on = frozenset({Target.RESET})
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ import numpy as np
 from edgetta.errors import ConfigError
 from edgetta.kernels import ema_update_dict
 from edgetta.safety._common import batch_mean_entropy, check_int, check_number, opt_float, update_applies
-from edgetta.safety.base import RESET_SNAPSHOT, RESET_SOURCE, Rail, RailEnv, StepContext
+from edgetta.safety.base import RESET_SNAPSHOT, RESET_SOURCE, Rail, RailEnv, StepContext, Target
 
 __all__ = ["EmaReset"]
 
@@ -31,6 +31,7 @@ class EmaReset(Rail):
     """Keep an EMA snapshot of the trainable parameters and roll back to it when the entropy drifts."""
 
     name = "ema_reset"
+    acts_on = frozenset({Target.RESET})
 
     def __init__(
         self,

@@ -4,6 +4,10 @@ R(theta) = beta * sum_j F_j (theta_j - theta0_j)^2 is added to the entropy loss;
 returns the entropy gradient, so ``on_gradients`` adds dR/dtheta = 2 beta F (theta - theta0) in numpy.
 F and theta0 come from the artifact (``edgetta export --calib``). Published beta: 2000 (ImageNet),
 1 (CIFAR-10), 50 (TTAB default); the default here is 1.
+
+Without a Fisher diagonal in the artifact the rail is dropped with a "downgrade" event and a warning
+(EATA then runs without its anti-forgetting term), unless ``required`` is true: then the runtime refuses
+to start and says how to export one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 from edgetta.errors import ConfigError
 from edgetta.kernels import fisher_penalty, fisher_penalty_grad
 from edgetta.safety._common import check_number, opt_float
-from edgetta.safety.base import Rail, RailEnv, StepContext
+from edgetta.safety.base import Rail, RailEnv, RailUnavailable, StepContext, Target
 
 __all__ = ["FisherAnchor"]
 
@@ -27,9 +31,14 @@ class FisherAnchor(Rail):
     """
 
     name = "fisher_anchor"
+    acts_on = frozenset({Target.GRADIENTS})
 
-    def __init__(self, beta: float = 1.0) -> None:
+    def __init__(self, beta: float = 1.0, required: bool = False) -> None:
         self.beta = check_number(self.name, "beta", beta, low=0.0)
+        if not isinstance(required, bool):
+            raise ConfigError(f"{self.name}.required must be true or false, got {required!r}")
+        self.required = required
+        self.optional = not required
         self._fisher: dict[str, np.ndarray] | None = None
         self._anchor: dict[str, np.ndarray] = {}
         self.last_penalty: float | None = None
@@ -37,7 +46,7 @@ class FisherAnchor(Rail):
 
     def bind(self, env: RailEnv) -> None:
         if not env.fisher:
-            raise ConfigError(
+            raise RailUnavailable(
                 f"{self.name}: the artifact has no Fisher diagonal; export it with "
                 "`edgetta export ... --calib CALIB.npz` (in-distribution inputs) or remove fisher_anchor from rails"
             )

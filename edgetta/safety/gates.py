@@ -13,7 +13,7 @@ import numpy as np
 
 from edgetta.errors import ConfigError
 from edgetta.safety._common import batch_mean_entropy, check_choice, check_number, opt_float
-from edgetta.safety.base import Rail, RailEnv, StepContext
+from edgetta.safety.base import Rail, RailEnv, StepContext, Target
 
 __all__ = ["BatchEntropyGate", "DiversityGate", "EntropyGate"]
 
@@ -33,6 +33,7 @@ class EntropyGate(Rail):
     """
 
     name = "entropy_gate"
+    acts_on = frozenset({Target.SAMPLE_WEIGHTS})
 
     def __init__(self, e0: float | None = None, e0_fraction: float | None = None) -> None:
         if e0 is not None and e0_fraction is not None:
@@ -87,6 +88,7 @@ class BatchEntropyGate(Rail):
     """
 
     name = "batch_entropy_gate"
+    acts_on = frozenset({Target.BATCH})
     MODES = ("band", "max_mean")
 
     def __init__(
@@ -190,6 +192,7 @@ class DiversityGate(Rail):
     """
 
     name = "diversity_gate"
+    acts_on = frozenset({Target.BATCH})
 
     def __init__(self, max_class_fraction: float | None = None, min_batch: int = 8) -> None:
         self.max_class_fraction = (

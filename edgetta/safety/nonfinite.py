@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgetta.safety.base import Rail, StepContext
+from edgetta.safety.base import Rail, StepContext, Target
 
 __all__ = ["NonfiniteGuard"]
 
@@ -33,6 +33,8 @@ class NonfiniteGuard(Rail):
     """Skip steps with a non-finite loss or gradient; reject non-finite proposed parameters."""
 
     name = "nonfinite_guard"
+    acts_on = frozenset({Target.GRADIENTS, Target.PROPOSAL})
+    guard = True
 
     def on_gradients(self, ctx: StepContext) -> None:
         if ctx.loss is not None and not math.isfinite(float(ctx.loss)):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgetta.safety._common import check_int, update_applies
-from edgetta.safety.base import RESET_SOURCE, Rail, StepContext
+from edgetta.safety.base import RESET_SOURCE, Rail, StepContext, Target
 
 __all__ = ["PeriodicReset"]
 
@@ -23,6 +23,7 @@ class PeriodicReset(Rail):
     """Request a reset to source after every ``every``-th applied update (default 1000, RDumb)."""
 
     name = "periodic_reset"
+    acts_on = frozenset({Target.RESET})
 
     def __init__(self, every: int = 1000) -> None:
         self.every = check_int(self.name, "every", every, minimum=1)

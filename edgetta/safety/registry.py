@@ -1,7 +1,6 @@
 """Rail registry and config parsing: ``build_rails(["nonfinite_guard", {"name": "entropy_gate", "e0_fraction": 0.4}])``.
 
-Rails run in list order within each phase, so order matters where two rails edit the same thing; see
-``RECOMMENDED_ORDER`` (guards first, edits of the proposal before the resets that may discard it).
+The order rails run in is fixed by what they act on (``edgetta.safety.pipeline``), not by list order.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from edgetta.safety.periodic import PeriodicReset
 from edgetta.safety.restore import StochasticRestore
 from edgetta.safety.trust_region import TrustRegion
 
-__all__ = ["RAILS", "RECOMMENDED_ORDER", "apply_reset_hooks", "build_rail", "build_rails", "rail_arguments"]
+__all__ = ["RAILS", "build_rail", "build_rails", "rail_arguments"]
 
 RAILS: dict[str, type[Rail]] = {
     cls.name: cls
@@ -38,19 +37,6 @@ RAILS: dict[str, type[Rail]] = {
         TrustRegion,
     )
 }
-
-RECOMMENDED_ORDER: tuple[str, ...] = (
-    "nonfinite_guard",
-    "entropy_gate",
-    "batch_entropy_gate",
-    "diversity_gate",
-    "fisher_anchor",
-    "trust_region",
-    "stochastic_restore",
-    "collapse_guard",
-    "ema_reset",
-    "periodic_reset",
-)
 
 
 def rail_arguments(cls: type[Rail]) -> dict[str, Any]:
@@ -81,7 +67,9 @@ def build_rail(spec: str | Mapping[str, Any]) -> Rail:
     if bad:
         options = ", ".join(valid) if valid else "none"
         raise ConfigError(f"rail {name!r}: unknown argument(s) {', '.join(map(repr, bad))}; valid arguments: {options}")
-    return cls(**kwargs)
+    rail = cls(**kwargs)
+    rail.spec = {"name": name, **valid, **kwargs}
+    return rail
 
 
 def build_rails(specs: Iterable[str | Mapping[str, Any]] | None) -> list[Rail]:
@@ -97,9 +85,3 @@ def build_rails(specs: Iterable[str | Mapping[str, Any]] | None) -> list[Rail]:
         seen.add(rail.name)
         rails.append(rail)
     return rails
-
-
-def apply_reset_hooks(rails: Iterable[Rail], target: str) -> None:
-    """Tell every rail that the runtime reset the state to ``target`` (source or snapshot)."""
-    for rail in rails:
-        rail.on_reset(target)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgetta.safety._common import check_int, check_number, update_applies
-from edgetta.safety.base import Rail, RailEnv, StepContext
+from edgetta.safety.base import Rail, RailEnv, StepContext, Target
 
 __all__ = ["StochasticRestore"]
 
@@ -45,6 +45,7 @@ class StochasticRestore(Rail):
     """Return each proposed element to the source with probability ``p``; emit "restore" with the count."""
 
     name = "stochastic_restore"
+    acts_on = frozenset({Target.PROPOSAL})
 
     def __init__(self, p: float = 0.01, seed: int = 0) -> None:
         self.p = check_number(self.name, "p", p, low=0.0, high=1.0, low_open=True)

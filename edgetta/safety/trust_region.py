@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetta.errors import ConfigError
 from edgetta.safety._common import check_number, update_applies
-from edgetta.safety.base import Rail, StepContext
+from edgetta.safety.base import Rail, StepContext, Target
 
 __all__ = ["TrustRegion"]
 
@@ -33,6 +33,7 @@ class TrustRegion(Rail):
     """Bound the per-step change and the distance from the source; emit "clip" with before/after figures."""
 
     name = "trust_region"
+    acts_on = frozenset({Target.PROPOSAL})
 
     def __init__(self, max_distance: float | None = 0.1, max_step: float | None = 0.01) -> None:
         if max_distance is None and max_step is None:

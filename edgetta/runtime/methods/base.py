@@ -1,27 +1,39 @@
-"""Shared mechanics of every adaptation method: the sliding window for batch size 1, the
-gradient-step pipeline with its rail phases, resets and state (de)serialisation.
+"""The one step every adaptation method runs, with its rail phases, resets and state.
 
-A method subclass overrides a small number of hooks: ``select`` (per-sample weights of the entropy
-loss), optionally ``gradients`` (SAR's second call), and ``forward_and_adapt`` for forward-only
-methods. Predictions always come from the forward pass that precedes the update (Tent semantics).
+``Method.step`` for every method, forward-only ones included:
+
+1. ``forward``: the pass whose logits are the predictions (Tent semantics: before the update);
+2. when the method adapts and this call may update: a :class:`StepContext`, ``select`` (per-sample
+   weights of the loss), rails ``before_update``; unless the batch is skipped: ``gradients`` (gradient
+   methods, then rails ``on_gradients``) and ``propose`` (new values of the adapted tensors);
+   rails ``after_update`` (skipped batches too, with no proposal, so drift signals can still ask for a
+   reset); commit unless rejected; the requested reset; rails ``after_commit``.
+
+A method declares what rails may act on (``offers``), which tensors it adapts (``adapted_names``) and
+whether its predictions need a batch (``needs_batch``: the Adapter then feeds small calls through a
+sliding window). Methods see the engine only through the :class:`~edgetta.engines.Engine` protocol.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetta.contract import ENTROPY, LOGITS, LOSS
 from edgetta.kernels import entropy as entropy_of
 from edgetta.kernels import softmax
-from edgetta.runtime.engine import OrtEngine
 from edgetta.runtime.optim import Optimizer, make_optimizer
 from edgetta.runtime.state import AdaptState
-from edgetta.safety.base import RESET_SOURCE, Event, Rail, RailEnv, StepContext
+from edgetta.safety.base import RESET_SOURCE, Event, RailEnv, StepContext, Target
+from edgetta.safety.pipeline import RailPipeline
 
-LOGITS = "logits"
+if TYPE_CHECKING:
+    from edgetta.contract import Artifact
+    from edgetta.engines import Engine
+
+ALL_TARGETS = frozenset(Target)
 
 
 @dataclass
@@ -35,72 +47,103 @@ class StepOutput:
 
 
 class Method:
-    """Base class. ``window`` > 0 turns on the sliding window (batch size 1 with BatchNorm): the last
-    ``window`` samples are forwarded together and an update happens once per ``window`` new samples."""
+    """Base class: the step pipeline. Subclasses override ``forward`` and, if they adapt, ``select``,
+    ``gradients`` and ``propose``."""
 
     name = "method"
-    uses_gradients = False
 
-    def __init__(self, window: int = 0) -> None:
-        if window < 0:
-            raise ValueError("window must be >= 0")
-        self.window = int(window)
-        self._buffer: deque[np.ndarray] = deque(maxlen=max(self.window, 1))
-        self._since_update = 0
-        self.rails: list[Rail] = []
+    def bind(self, engine: Engine, state: AdaptState, rails: RailPipeline, env: RailEnv) -> None:
+        self.engine, self.state, self.rails, self.env = engine, state, rails, env
 
-    def bind(self, engine: OrtEngine, state: AdaptState, rails: list[Rail], env: RailEnv) -> None:
-        self.engine, self.state, self.rails, self.env = engine, state, list(rails), env
-        for rail in self.rails:
-            rail.bind(env)
+    # -- declarations ----------------------------------------------------------------------------
+    def offers(self) -> frozenset[Target]:
+        """What rails may act on with this method (nothing: the method never changes the model)."""
+        return frozenset()
 
-    # -- one batch -------------------------------------------------------------------------------
-    def step(self, x: np.ndarray, batch_index: int) -> StepOutput:
-        if not self.window:
-            return self.forward_and_adapt(x, batch_index, update=True)
-        for row in x:
-            self._buffer.append(row)
-        self._since_update += len(x)
-        update = len(self._buffer) == self.window and self._since_update >= self.window
-        if update:
-            self._since_update = 0
-        out = self.forward_and_adapt(np.stack(self._buffer), batch_index, update=update)
-        n = len(x)
-        out.logits, out.entropy = out.logits[-n:], out.entropy[-n:]
+    def adapted_names(self) -> list[str]:
+        """Graph-input names of the tensors this method's updates change (after ``bind``)."""
+        return []
+
+    def needs_batch(self, artifact: Artifact) -> bool:
+        """True when a prediction depends on the other samples of its batch (batch statistics, LAME)."""
+        return False
+
+    @property
+    def adapts(self) -> bool:
+        return bool(self.offers())
+
+    # -- one step ----------------------------------------------------------------------------------
+    def step(self, x: np.ndarray, batch_index: int, update: bool = True) -> StepOutput:
+        out, outputs = self.forward(x, update and self.adapts)
+        if not (update and self.adapts):
+            return out
+        ctx = self.context(out, batch_index)
+        self.select(ctx)
+        self.rails.before_update(ctx)
+        if not ctx.skip_update and np.any(ctx.weights > 0):
+            self.gradients(x, ctx, out, outputs)
+            if ctx.grads is not None:
+                self.rails.on_gradients(ctx)
+            if not ctx.skip_update:
+                ctx.proposed = self.propose(ctx, outputs)
+        else:
+            ctx.skip_update = True
+        self.rails.after_update(ctx)
+        if ctx.proposed is not None and not ctx.skip_update and not ctx.reject_update:
+            self.state.set_values(ctx.proposed)
+            self.state.update_count += 1
+            out.updated = True
+        if ctx.reset:
+            self.reset(ctx.reset, ctx.reset_params)
+        self.rails.after_commit(ctx)
+        out.events.extend(ctx.events)
+        self.after_step(x, out, outputs)
         return out
 
-    def forward_and_adapt(self, x: np.ndarray, batch_index: int, update: bool) -> StepOutput:
+    def forward(self, x: np.ndarray, update: bool) -> tuple[StepOutput, dict[str, np.ndarray]]:
         raise NotImplementedError
 
-    def context(self, logits: np.ndarray, batch_index: int, entropy: np.ndarray | None = None) -> StepContext:
-        ent = entropy if entropy is not None else entropy_of(logits)
-        n = logits.shape[0]
+    def select(self, ctx: StepContext) -> None:
+        """Set ``ctx.weights`` (the loss weight of each sample). Default: the batch mean (uniform)."""
+
+    def gradients(self, x: np.ndarray, ctx: StepContext, out: StepOutput, outputs: dict[str, np.ndarray]) -> None:
+        """Set ``ctx.grads`` and ``ctx.loss`` (gradient methods)."""
+
+    def propose(self, ctx: StepContext, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """New values of the adapted tensors, or None for no update."""
+        return None
+
+    def after_step(self, x: np.ndarray, out: StepOutput, outputs: dict[str, np.ndarray]) -> None:
+        """Hook after the update (e.g. predict again with the new parameters)."""
+
+    def context(self, out: StepOutput, batch_index: int) -> StepContext:
+        n = out.logits.shape[0]
+        names = self.adapted_names()
         return StepContext(
             batch_index=batch_index,
             update_count=self.state.update_count,
-            num_classes=logits.shape[1],
-            logits=logits,
-            probs=softmax(logits),
-            entropy=ent,
+            num_classes=out.logits.shape[1],
+            logits=out.logits,
+            probs=softmax(out.logits),
+            entropy=out.entropy,
             weights=np.full(n, 1.0 / n, np.float32),
-            params=self.state.trainable_params(),
-            source=self.state.trainable_source(),
+            params=self.state.values(names),
+            source=self.state.source_values(names),
         )
 
     # -- reset and state -------------------------------------------------------------------------
     def reset(self, target: str = RESET_SOURCE, params: dict[str, np.ndarray] | None = None) -> None:
-        """Reset to the source parameters (and statistics), or set the trainable parameters to ``params``."""
+        """Reset to the source parameters and statistics, or set the adapted tensors to ``params``."""
         if target == RESET_SOURCE or params is None:
             self.state.reset_to_source()
         else:
-            self.state.set_trainable({k: v.copy() for k, v in params.items()})
+            self.state.set_values({k: v.copy() for k, v in params.items()})
             self.state.reset_count += 1
-        self.reset_method_state(target)
-        for rail in self.rails:
-            rail.on_reset(target)
+        self.reset_method_state()
+        self.rails.on_reset(target)
 
-    def reset_method_state(self, target: str) -> None:
-        """Clear method-specific history on reset (optimiser moments by default)."""
+    def reset_method_state(self) -> None:
+        """Clear method-specific history on reset (optimiser moments)."""
 
     def method_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {}, {}
@@ -114,26 +157,34 @@ class ForwardOnlyMethod(Method):
 
     bn_alpha = 0.0
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        out = self.engine.infer(x, self.state.params, self.bn_alpha)
-        return out[LOGITS], out
+    def infer(self, x: np.ndarray) -> tuple[StepOutput, dict[str, np.ndarray]]:
+        outputs = self.engine.infer(x, self.state.params, self.bn_alpha)
+        logits = outputs[LOGITS]
+        return StepOutput(logits, entropy_of(logits), forward_passes=1), outputs
+
+    def forward(self, x: np.ndarray, update: bool) -> tuple[StepOutput, dict[str, np.ndarray]]:
+        return self.infer(x)
+
+    def needs_batch(self, artifact: Artifact) -> bool:
+        return self.bn_alpha > 0 and any(layer.kind == "batchnorm" for layer in artifact.norm_layers)
 
 
 class GradientMethod(Method):
     """Single-step entropy minimisation on the norm affine parameters through ``adapt.onnx``.
 
-    Pipeline per batch (rails hook in at each phase, see edgetta.safety.base):
-    forward (a preview ``infer`` call when sample weights depend on the entropies) -> ``select`` ->
-    rails.before_update -> adapt graph -> ``gradients`` -> rails.on_gradients -> optimiser proposes ->
-    rails.after_update -> commit (or reject) -> reset if requested -> rails.after_commit.
+    The adapt graph returns the gradient of sum_i w_i H_i (plus a pseudo-label cross-entropy term, unused
+    here) for per-sample weights w given as an input. When nothing decides the weights from the entropies
+    (Tent without gates) one adapt call gives predictions and gradients with uniform weights; otherwise
+    a forward (``infer``) comes first and the adapt graph runs only if some sample keeps a weight. Should a
+    rail change the weights after a single call anyway, the adapt graph runs again with the new weights:
+    weights are never ignored. ``bn_momentum`` > 0 also refreshes the BN running statistics once per update.
     """
 
-    uses_gradients = True
-    preview = False  # True when ``select`` needs entropies before the adapt call
+    preview = False  # True when ``select`` needs the entropies before the adapt call
 
     def __init__(
         self,
-        lr: float = 1e-3,
+        lr: float = 0.00025,
         optimizer: str = "sgd",
         momentum: float = 0.9,
         weight_decay: float = 0.0,
@@ -141,10 +192,8 @@ class GradientMethod(Method):
         nesterov: bool = False,
         bn_alpha: float = 1.0,
         bn_momentum: float = 0.0,
-        window: int = 0,
         reforward: bool = False,
     ) -> None:
-        super().__init__(window=window)
         self.reforward = bool(reforward)  # predict after the update (one more forward) instead of before
         kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
         if optimizer.lower() == "sgd":
@@ -154,19 +203,56 @@ class GradientMethod(Method):
         self.optimizer: Optimizer = make_optimizer(optimizer, **kwargs)
         if not 0.0 <= bn_alpha <= 1.0:
             raise ValueError(f"bn_alpha must lie in [0, 1], got {bn_alpha}")
+        if not 0.0 <= bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must lie in [0, 1], got {bn_momentum}")
         self.bn_alpha = float(bn_alpha)
         self.bn_momentum = float(bn_momentum)
+        self._uniform: np.ndarray | None = None
 
-    def bind(self, engine: OrtEngine, state: AdaptState, rails: list[Rail], env: RailEnv) -> None:
+    def bind(self, engine: Engine, state: AdaptState, rails: RailPipeline, env: RailEnv) -> None:
         super().bind(engine, state, rails, env)
-        gating = {"entropy_gate", "batch_entropy_gate", "diversity_gate"}
-        self.needs_preview = self.preview or any(r.name in gating for r in self.rails)
+        self.needs_preview = self.preview or rails.gates_before_update
 
-    def select(self, ctx: StepContext) -> None:
-        """Set ``ctx.weights`` (entropy-loss weight per sample). Default: Tent's batch mean."""
+    def offers(self) -> frozenset[Target]:
+        return ALL_TARGETS
 
-    def gradients(self, x: np.ndarray, ctx: StepContext, out: StepOutput) -> None:
-        """Hook after the adapt call (``ctx.grads`` and ``ctx.loss`` are set); SAR adds its SAM step."""
+    def adapted_names(self) -> list[str]:
+        return list(self.state.trainable)
+
+    def needs_batch(self, artifact: Artifact) -> bool:
+        return self.bn_alpha > 0 and any(layer.kind == "batchnorm" for layer in artifact.norm_layers)
+
+    def forward(self, x: np.ndarray, update: bool) -> tuple[StepOutput, dict[str, np.ndarray]]:
+        self._uniform = None
+        if not update or self.needs_preview:
+            outputs = self.engine.infer(x, self.state.params, self.bn_alpha)
+            logits = outputs[LOGITS]
+            return StepOutput(logits, entropy_of(logits), forward_passes=1), outputs
+        n = x.shape[0]
+        self._uniform = np.full(n, 1.0 / n, np.float32)
+        outputs = self._run_adapt(x, self.state.params, self._uniform)
+        return StepOutput(outputs[LOGITS], outputs[ENTROPY], forward_passes=1, backward_passes=1), outputs
+
+    def gradients(self, x: np.ndarray, ctx: StepContext, out: StepOutput, outputs: dict[str, np.ndarray]) -> None:
+        weights = ctx.weights.astype(np.float32)
+        result = outputs
+        if self._uniform is None or not np.array_equal(weights, self._uniform):
+            result = self._run_adapt(x, self.state.params, weights)
+            out.backward_passes += 1
+        ctx.grads, ctx.loss = self._grads(result), float(result[LOSS])
+
+    def propose(self, ctx: StepContext, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        if self.bn_momentum > 0:
+            self.state.refresh_running_stats(outputs, self.bn_momentum)
+        proposed = {k: v.copy() for k, v in ctx.params.items()}
+        self.optimizer.step(proposed, ctx.grads or {})
+        return proposed
+
+    def after_step(self, x: np.ndarray, out: StepOutput, outputs: dict[str, np.ndarray]) -> None:
+        if self.reforward and out.updated:
+            logits = self.engine.infer(x, self.state.params, self.bn_alpha, outputs=[LOGITS])[LOGITS]
+            out.logits, out.entropy = logits, entropy_of(logits)
+            out.forward_passes += 1
 
     def _run_adapt(self, x: np.ndarray, params: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
         return self.engine.adapt(x, params, self.bn_alpha, weights, np.zeros_like(weights))
@@ -174,73 +260,7 @@ class GradientMethod(Method):
     def _grads(self, result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: result[grad] for name, grad in self.engine.artifact.grad_names.items()}
 
-    def forward_and_adapt(self, x: np.ndarray, batch_index: int, update: bool) -> StepOutput:
-        if not update:
-            fwd = self.engine.infer(x, self.state.params, self.bn_alpha)
-            self._refresh_stats(fwd)
-            return StepOutput(fwd[LOGITS], entropy_of(fwd[LOGITS]), forward_passes=1)
-        if self.needs_preview:
-            # Sample weights depend on the entropies: forward first, adapt graph only if something survives.
-            fwd = self.engine.infer(x, self.state.params, self.bn_alpha)
-            out = StepOutput(fwd[LOGITS], entropy_of(fwd[LOGITS]), forward_passes=1)
-        else:
-            # One call: Tent's uniform weights are known in advance (rails may still skip the update).
-            n = x.shape[0]
-            fwd = self._run_adapt(x, self.state.params, np.full(n, 1.0 / n, np.float32))
-            out = StepOutput(fwd[LOGITS], fwd["entropy"], forward_passes=1, backward_passes=1)
-        ctx = self.context(out.logits, batch_index, out.entropy)
-        self.select(ctx)
-        for rail in self.rails:
-            rail.before_update(ctx)
-        if ctx.skip_update or not np.any(ctx.weights > 0):
-            self._refresh_stats(fwd)
-            return self._finish(ctx, out)
-        result = fwd
-        if self.needs_preview:
-            result = self._run_adapt(x, self.state.params, ctx.weights.astype(np.float32))
-            out.backward_passes += 1
-        self._refresh_stats(fwd)  # after the adapt call, so it normalises like the forward it follows
-        ctx.grads, ctx.loss = self._grads(result), float(result["loss"])
-        self.gradients(x, ctx, out)
-        if not ctx.skip_update:
-            for rail in self.rails:
-                rail.on_gradients(ctx)
-        if not ctx.skip_update:
-            proposed = {k: v.copy() for k, v in ctx.params.items()}
-            self.optimizer.step(proposed, ctx.grads)
-            ctx.proposed = proposed
-            for rail in self.rails:
-                rail.after_update(ctx)
-            if not ctx.reject_update:
-                self.state.set_trainable(ctx.proposed)
-                self.state.update_count += 1
-                out.updated = True
-        out = self._finish(ctx, out)
-        if self.reforward and out.updated:
-            # Predict with the updated parameters (one more forward) instead of the pre-update pass.
-            logits = self.engine.infer(x, self.state.params, self.bn_alpha, outputs=[LOGITS])[LOGITS]
-            out.logits, out.entropy = logits, entropy_of(logits)
-            out.forward_passes += 1
-        return out
-
-    def _finish(self, ctx: StepContext, out: StepOutput) -> StepOutput:
-        if ctx.proposed is None:
-            # Skipped batches still reach after_update (proposed=None), so drift and collapse
-            # signals gathered in before_update can request a reset without waiting for an update.
-            for rail in self.rails:
-                rail.after_update(ctx)
-        if ctx.reset:
-            self.reset(ctx.reset, ctx.reset_params)
-        for rail in self.rails:
-            rail.after_commit(ctx)
-        out.events.extend(ctx.events)
-        return out
-
-    def _refresh_stats(self, outputs: dict[str, np.ndarray]) -> None:
-        if self.bn_momentum > 0:
-            self.state.refresh_running_stats(outputs, self.bn_momentum)
-
-    def reset_method_state(self, target: str) -> None:
+    def reset_method_state(self) -> None:
         self.optimizer.reset()
 
     def method_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -8,6 +8,7 @@ from edgetta.errors import ConfigError
 from edgetta.kernels import entropy as entropy_of
 from edgetta.kernels import lame, softmax
 from edgetta.runtime.methods.base import ForwardOnlyMethod, StepOutput
+from edgetta.safety.base import StepContext, Target
 
 
 class Frozen(ForwardOnlyMethod):
@@ -15,43 +16,41 @@ class Frozen(ForwardOnlyMethod):
 
     name = "frozen"
 
-    def forward_and_adapt(self, x: np.ndarray, batch_index: int, update: bool) -> StepOutput:
-        logits, _ = self.forward(x)
-        return StepOutput(logits, entropy_of(logits), forward_passes=1)
-
 
 class BatchNormAdapt(ForwardOnlyMethod):
     """BN statistics refresh ("BN adapt", Schneider et al. NeurIPS 2020; Nado et al. 2020).
 
-    ``alpha``: normalise with alpha*batch + (1-alpha)*running statistics (1 = "BN-1", pure test-batch
-    statistics). ``momentum`` > 0: after each batch refresh the running statistics as an EMA of the batch
-    statistics, mu <- (1-m) mu + m mu_batch (StableSleep: alpha = 0, m = 0.01), which also works at batch
-    size 1 without a window because the batch's own statistics are not needed for its prediction.
+    ``bn_alpha``: normalise with bn_alpha*batch + (1-bn_alpha)*running statistics (1 = "BN-1", pure test-batch
+    statistics). ``bn_momentum`` > 0: after each batch propose new running statistics as an EMA of the batch
+    statistics, mu <- (1-m) mu + m mu_batch (StableSleep: bn_alpha = 0, m = 0.01); the proposal passes the
+    rails (batch gates, proposal edits, resets) like a gradient step's. With bn_alpha = 0 a prediction does
+    not depend on its batch, so batch size 1 needs no window.
     """
 
     name = "bn"
 
-    def __init__(self, alpha: float = 1.0, momentum: float = 0.0, window: int = 0) -> None:
-        super().__init__(window=window)
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"bn.alpha must lie in [0, 1], got {alpha}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ConfigError(f"bn.momentum must lie in [0, 1], got {momentum}")
-        self.bn_alpha, self.momentum = float(alpha), float(momentum)
+    def __init__(self, bn_alpha: float = 1.0, bn_momentum: float = 0.0) -> None:
+        if not 0.0 <= bn_alpha <= 1.0:
+            raise ConfigError(f"method_args.bn_alpha must lie in [0, 1], got {bn_alpha}")
+        if not 0.0 <= bn_momentum <= 1.0:
+            raise ConfigError(f"method_args.bn_momentum must lie in [0, 1], got {bn_momentum}")
+        self.bn_alpha, self.bn_momentum = float(bn_alpha), float(bn_momentum)
 
-    def forward_and_adapt(self, x: np.ndarray, batch_index: int, update: bool) -> StepOutput:
-        logits, outputs = self.forward(x)
-        out = StepOutput(logits, entropy_of(logits), forward_passes=1)
-        if update and self.momentum > 0 and self.state.running_stats:
-            ctx = self.context(logits, batch_index, out.entropy)
-            for rail in self.rails:
-                rail.before_update(ctx)
-            if not ctx.skip_update:
-                self.state.refresh_running_stats(outputs, self.momentum)
-                self.state.update_count += 1
-                out.updated = True
-            out.events.extend(ctx.events)
-        return out
+    def offers(self) -> frozenset[Target]:
+        if self.bn_momentum > 0:
+            return frozenset({Target.BATCH, Target.PROPOSAL, Target.RESET})
+        return frozenset()
+
+    def adapted_names(self) -> list[str]:
+        return [name for stats in self.state.running_stats for name in stats[:2]]
+
+    def propose(self, ctx: StepContext, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        m = self.bn_momentum
+        proposed = {}
+        for running_mean, running_var, batch_mean, batch_var in self.state.running_stats:
+            proposed[running_mean] = ((1 - m) * ctx.params[running_mean] + m * outputs[batch_mean]).astype(np.float32)
+            proposed[running_var] = ((1 - m) * ctx.params[running_var] + m * outputs[batch_var]).astype(np.float32)
+        return proposed
 
 
 class Lame(ForwardOnlyMethod):
@@ -68,11 +67,9 @@ class Lame(ForwardOnlyMethod):
         lam: float = 1.0,
         max_iter: int = 100,
         tol: float = 1e-8,
-        window: int = 0,
     ) -> None:
-        super().__init__(window=window)
         if affinity not in ("knn", "rbf", "linear"):
-            raise ConfigError(f"lame.affinity must be one of knn, rbf, linear (got {affinity!r})")
+            raise ConfigError(f"method_args.affinity must be one of knn, rbf, linear (got {affinity!r})")
         self.kwargs = {
             "affinity": affinity,
             "knn": int(knn),
@@ -84,12 +81,14 @@ class Lame(ForwardOnlyMethod):
 
     def bind(self, engine, state, rails, env) -> None:
         super().bind(engine, state, rails, env)
-        if not engine.artifact.manifest["outputs"].get("features"):
+        if engine.artifact.output_name("features") is None:
             raise ConfigError("method lame needs the artifact's features output; re-export with --classifier NAME")
 
-    def forward_and_adapt(self, x: np.ndarray, batch_index: int, update: bool) -> StepOutput:
-        _, outputs = self.forward(x)
-        logits = outputs["logits"]
-        probs = lame(softmax(logits), outputs["features"], **self.kwargs)
+    def needs_batch(self, artifact) -> bool:
+        return True  # the correction couples the samples of a batch
+
+    def forward(self, x: np.ndarray, update: bool) -> tuple[StepOutput, dict[str, np.ndarray]]:
+        out, outputs = self.infer(x)
+        probs = lame(softmax(out.logits), outputs["features"], **self.kwargs)
         corrected = np.log(np.clip(probs, 1e-12, None)).astype(np.float32)
-        return StepOutput(corrected, entropy_of(logits), forward_passes=1)
+        return StepOutput(corrected, entropy_of(out.logits), forward_passes=1), outputs

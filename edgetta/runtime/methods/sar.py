@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetta.contract import LOGITS, LOSS
 from edgetta.kernels import entropy as entropy_of
 from edgetta.runtime.methods.base import GradientMethod, StepOutput
 from edgetta.safety.base import StepContext
@@ -38,7 +39,8 @@ class Sar(GradientMethod):
         ctx.weights = np.where(keep, 1.0 / max(n, 1), 0.0).astype(np.float32)
         ctx.skip_update = n == 0
 
-    def gradients(self, x: np.ndarray, ctx: StepContext, out: StepOutput) -> None:
+    def gradients(self, x: np.ndarray, ctx: StepContext, out: StepOutput, outputs: dict[str, np.ndarray]) -> None:
+        super().gradients(x, ctx, out, outputs)
         norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in ctx.grads.values()))
         if not math.isfinite(norm):
             return  # the non-finite guard rail rejects this step
@@ -46,7 +48,7 @@ class Sar(GradientMethod):
         perturbed = dict(self.state.params)
         for name, g in ctx.grads.items():
             perturbed[name] = (self.state.params[name] + scale * g).astype(np.float32)
-        logits2 = self.engine.infer(x, perturbed, self.bn_alpha, outputs=["logits"])["logits"]
+        logits2 = self.engine.infer(x, perturbed, self.bn_alpha, outputs=[LOGITS])[LOGITS]
         keep = (ctx.weights > 0) & (entropy_of(logits2) < self.e0(ctx.num_classes))
         out.forward_passes += 1
         n = int(keep.sum())
@@ -56,4 +58,4 @@ class Sar(GradientMethod):
             return
         result = self._run_adapt(x, perturbed, np.where(keep, 1.0 / n, 0.0).astype(np.float32))
         out.backward_passes += 1
-        ctx.grads, ctx.loss = self._grads(result), float(result["loss"])
+        ctx.grads, ctx.loss = self._grads(result), float(result[LOSS])
