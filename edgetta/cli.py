@@ -31,27 +31,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError:
         print("edgetta export needs PyTorch: pip install 'edgetta[export]'", file=sys.stderr)
         return 2
-    import numpy as np
+    from pathlib import Path
 
-    from edgetta.export import export_model, resolve_spec
+    from edgetta.errors import ExportError
+    from edgetta.export import check_output_dir, export_model, load_calibration, resolve_spec
 
+    check_output_dir(Path(args.out))  # before any work: a bad --out fails at once
+    calib = load_calibration(args.calib) if args.calib else None
+    preprocess = {}
+    for key in ("mean", "std"):
+        text = getattr(args, key)
+        if text:
+            try:
+                preprocess[key] = _floats(text)
+            except ValueError as exc:
+                raise ExportError(f"--{key} {text!r} must be comma-separated numbers, e.g. 0.5,0.5,0.5") from exc
+    class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
     model = resolve_spec(args.spec)
     torch.manual_seed(args.seed)
     example = torch.randn(*args.input_shape)
-    calib = None
-    if args.calib:
-        with np.load(args.calib, allow_pickle=False) as data:
-            if "x" not in data:
-                raise EdgettaError(f"calibration file {args.calib} has no array 'x' (keys: {', '.join(data.files)})")
-            calib = data["x"]
-    class_names = None
-    if args.class_names:
-        class_names = [c.strip() for c in args.class_names.split(",")]
-    preprocess = {}
-    if args.mean:
-        preprocess["mean"] = _floats(args.mean)
-    if args.std:
-        preprocess["std"] = _floats(args.std)
     manifest = export_model(
         model,
         example,

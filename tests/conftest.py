@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Environment variables naming the caches edgetta writes: rewritten engine graphs and prepared streams.
+CACHE_VARIABLES = ("EDGETTA_CACHE_DIR", "EDGETTA_CACHE")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches(tmp_path_factory) -> Iterator[Path]:
+    """Every cache of the test session (and of the subprocesses it starts) lives in a temporary folder, never
+    in the user's ~/.cache; the previous environment is restored at the end."""
+    root = tmp_path_factory.mktemp("caches")
+    saved = {name: os.environ.get(name) for name in CACHE_VARIABLES}
+    os.environ["EDGETTA_CACHE_DIR"] = str(root / "edgetta")
+    os.environ["EDGETTA_CACHE"] = str(root / "streams")
+    yield root
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 
 # Small configurations of each family, so the whole suite stays within minutes on 2 cores.
 FAMILY_CONFIGS = {

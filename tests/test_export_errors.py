@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -163,3 +165,121 @@ def test_inspect_never_imports_torch(artifacts):
     result = run_without_torch(f"from edgetta.cli import main\nrc = main(['inspect', {str(path)!r}, '--trt-lint'])\n")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "integrity: all file hashes match" in result.stdout
+
+
+# -- output directory, SPEC functions, calibration files: clear errors before any work ---------------
+
+
+def export_cli(tmp_path, *extra: str, spec: str | None = None, out=None) -> list[str]:
+    if spec is None:
+        model_file = tmp_path / "net.py"
+        model_file.write_text(
+            "import torch.nn as nn\n"
+            "def build():\n"
+            "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),\n"
+            "                         nn.Flatten(), nn.Linear(144, 3))\n"
+        )
+        spec = f"{model_file}:build"
+    return ["export", spec, "--input-shape", "2,1,8,8", "--out", str(out or tmp_path / "art"), *extra]
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("edgetta export: error: ")
+    return err
+
+
+def test_out_is_an_existing_file(tmp_path, capsys):
+    target = tmp_path / "taken.txt"
+    target.write_text("not an artifact")
+    err = cli_error(export_cli(tmp_path, out=target), capsys)
+    assert f"--out {target} is an existing file" in err
+    with pytest.raises(ExportError, match="is an existing file"):
+        export_model(SmallBN(), torch.randn(2, 1, 8, 8), target)
+    assert target.read_text() == "not an artifact"
+
+
+def test_out_below_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    err = cli_error(export_cli(tmp_path, out=tmp_path / "file" / "art"), capsys)
+    assert "is a file, not a directory" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_an_unwritable_directory(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        err = cli_error(export_cli(tmp_path, out=locked / "art"), capsys)
+    finally:
+        locked.chmod(0o700)
+    assert "is not writable" in err
+
+
+def test_a_failed_export_leaves_no_partial_folder(tmp_path, monkeypatch):
+    import edgetta.export.api as api
+
+    def broken(*args, **kwargs):
+        raise ExportError("tracing failed")
+
+    monkeypatch.setattr(api, "trace_to_onnx", broken)
+    with pytest.raises(ExportError, match="tracing failed"):
+        export_model(SmallBN(), torch.randn(2, 1, 8, 8), tmp_path / "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_spec_function_that_needs_arguments(tmp_path, capsys):
+    model_file = tmp_path / "m.py"
+    model_file.write_text(
+        "import torch.nn as nn\n"
+        "def make(width, depth=2):\n"
+        "    return nn.Sequential(nn.BatchNorm1d(width))\n"
+        "def broken():\n"
+        "    raise RuntimeError('weights missing')\n"
+    )
+    with pytest.raises(ExportError, match=r"make\(\) needs argument\(s\) width.*callable without arguments"):
+        resolve_spec(f"{model_file}:make")
+    err = cli_error(export_cli(tmp_path, spec=f"{model_file}:make"), capsys)
+    assert "make() needs argument(s) width" in err and "must be callable without arguments" in err
+    with pytest.raises(ExportError, match=r"calling broken\(\) failed: RuntimeError: weights missing"):
+        resolve_spec(f"{model_file}:broken")
+
+
+def test_calibration_file_problems(tmp_path, capsys):
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((4, 1, 8, 8), np.float32))
+    assert "holds a single .npy array, not an NPZ archive" in cli_error(
+        export_cli(tmp_path, "--calib", str(npy)), capsys
+    )
+    no_x = tmp_path / "no_x.npz"
+    np.savez(no_x, inputs=np.zeros((4, 1, 8, 8), np.float32))
+    assert "has no array 'x' (it has: inputs)" in cli_error(export_cli(tmp_path, "--calib", str(no_x)), capsys)
+    text = tmp_path / "calib.npz"
+    text.write_text("these are not arrays\n")
+    assert "is not an NPZ archive" in cli_error(export_cli(tmp_path, "--calib", str(text)), capsys)
+    missing = tmp_path / "missing.npz"
+    assert "does not exist" in cli_error(export_cli(tmp_path, "--calib", str(missing)), capsys)
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=np.zeros(4, np.float32))
+    assert "batch dimension first" in cli_error(export_cli(tmp_path, "--calib", str(flat)), capsys)
+    assert not (tmp_path / "art").exists()
+
+
+def test_calibration_shape_is_checked_before_tracing(tmp_path):
+    with pytest.raises(ExportError, match="calibration inputs have shape"):
+        export_model(SmallBN(), torch.randn(2, 1, 8, 8), tmp_path / "a", calib=np.zeros((4, 1, 9, 9), np.float32))
+
+
+def test_bad_mean_is_an_export_error(tmp_path, capsys):
+    assert "--mean 'a,b' must be comma-separated numbers" in cli_error(export_cli(tmp_path, "--mean", "a,b"), capsys)
+
+
+def test_artifact_files_share_one_file_mode(artifacts):
+    path, _ = artifacts.get("resnet_bn")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
+    assert modes["params.safetensors"] == modes["infer.onnx"] == modes["manifest.json"], modes
+    umask = os.umask(0)
+    os.umask(umask)
+    assert modes["params.safetensors"] == 0o666 & ~umask

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from edgetta.contract import load_artifact
 from edgetta.demo import asset_path
+from edgetta.engines import EngineOptions
+from edgetta.engines.ort import CPU, TENSORRT, provider_options, resolve_providers
 from edgetta.errors import ConfigError, ExportError
-from edgetta.runtime.artifact import load_artifact
-from edgetta.runtime.engine import CPU, TENSORRT, EngineOptions, provider_options, resolve_providers
 
 
 def test_auto_providers_end_with_cpu():
@@ -23,8 +24,9 @@ def test_unavailable_provider_is_a_config_error_naming_the_key():
 
 def test_tensorrt_options_have_caches_and_a_fixed_profile(tmp_path):
     artifact = load_artifact(asset_path("fmnist_resnet_bn"))
-    opts = provider_options(TENSORRT, EngineOptions(cache_dir=str(tmp_path), max_batch=32, fp16=True), artifact,
-                            "adapt")
+    opts = provider_options(
+        TENSORRT, EngineOptions(cache_dir=str(tmp_path), max_batch=32, fp16=True), artifact, "adapt"
+    )
     assert opts["trt_engine_cache_enable"] == "True" and opts["trt_timing_cache_enable"] == "True"
     assert opts["trt_profile_min_shapes"] == "input:1x1x28x28,entropy_weight:1,ce_weight:1"
     assert opts["trt_profile_max_shapes"] == "input:32x1x28x28,entropy_weight:32,ce_weight:32"

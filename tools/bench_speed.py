@@ -210,8 +210,8 @@ def timed(cases: dict[str, Callable[[], Any]], reps: int, block: int = 3) -> dic
 def bench_batch(name: str, folder: Path, batch: int, reps: int, threads: int, before: bool) -> dict[str, Any]:
     import torch
 
-    from edgetta.runtime.artifact import load_artifact
-    from edgetta.runtime.engine import EngineOptions, OrtEngine
+    from edgetta.contract import load_artifact
+    from edgetta.engines import EngineOptions, OrtEngine
 
     torch.set_num_threads(threads)
     shape = MODELS[name]["shape"]

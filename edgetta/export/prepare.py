@@ -1,6 +1,7 @@
 """Turn a user's torch model into a traceable form: plain-op norm layers, a feature tap on the
-classifier, the table of norm layers with their graph names, and checks that fail early with a
-message naming the module at fault."""
+classifier, the table of norm layers with their graph names (edgetta.contract.NormLayer; graph-input
+names are the model's state_dict keys), and checks that fail early with a message naming the module
+at fault."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from edgetta.contract import NormLayer
 from edgetta.errors import ExportError
 from edgetta.export.attention import rewrite_attention
 from edgetta.export.layers import rewrite_linear
@@ -69,52 +71,11 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class LayerSpec:
-    """One norm layer and the graph names of its tensors (names are state_dict keys)."""
-
-    module: str
-    kind: str
-    features: int
-    trainable: bool
-    weight: str | None
-    bias: str | None
-    running_mean: str | None
-    running_var: str | None
-
-    @property
-    def batch_mean(self) -> str | None:
-        return f"{self.module}.batch_mean" if self.kind == "batchnorm" else None
-
-    @property
-    def batch_var(self) -> str | None:
-        return f"{self.module}.batch_var" if self.kind == "batchnorm" else None
-
-    def grad_name(self, param: str | None) -> str | None:
-        return f"{param}.grad" if (self.trainable and param) else None
-
-    def to_manifest(self) -> dict:
-        return {
-            "module": self.module,
-            "kind": self.kind,
-            "features": self.features,
-            "trainable": self.trainable,
-            "weight": self.weight,
-            "bias": self.bias,
-            "running_mean": self.running_mean,
-            "running_var": self.running_var,
-            "batch_mean": self.batch_mean,
-            "batch_var": self.batch_var,
-            "weight_grad": self.grad_name(self.weight),
-            "bias_grad": self.grad_name(self.bias),
-        }
-
-
 @dataclass
 class PreparedModel:
     model: nn.Module
     ctx: TraceContext
-    layers: list[LayerSpec]
+    layers: list[NormLayer]
     classifier: str | None
     num_classes: int
 
@@ -128,10 +89,10 @@ class PreparedModel:
 
     @property
     def trainable_names(self) -> list[str]:
-        return [n for layer in self.layers if layer.trainable for n in (layer.weight, layer.bias) if n]
+        return [n for layer in self.layers for n in layer.trainable_inputs]
 
     @property
-    def bn_layers(self) -> list[LayerSpec]:
+    def bn_layers(self) -> list[NormLayer]:
         return [layer for layer in self.layers if layer.kind == "batchnorm"]
 
     @property
@@ -260,11 +221,11 @@ def prepare_model(
         module = plain[path]
         has_stats = getattr(module, "running_mean", None) is not None
         layers.append(
-            LayerSpec(
-                module=path,
-                kind=module.kind,
-                features=module.features,
-                trainable=path in affine_trainable,
+            NormLayer.declare(
+                path,
+                module.kind,
+                module.features,
+                path in affine_trainable,
                 weight=f"{path}.weight" if module.weight is not None else None,
                 bias=f"{path}.bias" if module.bias is not None else None,
                 running_mean=f"{path}.running_mean" if has_stats else None,

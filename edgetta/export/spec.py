@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch.nn as nn
 
@@ -36,7 +39,31 @@ def resolve_spec(spec: str) -> nn.Module:
     factory = getattr(module, attr, None)
     if factory is None:
         raise ExportError(f"model SPEC {spec!r}: {module_part} has no attribute {attr!r}")
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    model = _call_factory(spec, attr, factory) if callable(factory) and not isinstance(factory, nn.Module) else factory
     if not isinstance(model, nn.Module):
         raise ExportError(f"model SPEC {spec!r} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
+
+
+def _required_parameters(factory: Callable[..., Any]) -> list[str]:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature (a builtin): let the call decide
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in signature.parameters.values() if p.kind in kinds and p.default is inspect.Parameter.empty]
+
+
+def _call_factory(spec: str, attr: str, factory: Callable[..., Any]) -> Any:
+    """Call the SPEC function without arguments; one that needs arguments is refused with a message."""
+    required = _required_parameters(factory)
+    if required:
+        raise ExportError(
+            f"model SPEC {spec!r}: {attr}() needs argument(s) {', '.join(required)}, but a SPEC function must be "
+            f"callable without arguments. Give them defaults, or add a wrapper such as "
+            f"`def build(): return {attr}(...)` and pass that."
+        )
+    try:
+        return factory()
+    except Exception as exc:  # noqa: BLE001 - user code: report what failed and where
+        raise ExportError(f"model SPEC {spec!r}: calling {attr}() failed: {type(exc).__name__}: {exc}") from exc

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgetta.contract import load_artifact
 from edgetta.errors import ExportError
-from edgetta.runtime.artifact import load_artifact
 
 
 def tensorrt_available() -> bool:
@@ -23,12 +23,20 @@ def tensorrt_available() -> bool:
     return True
 
 
-def build_engines(artifact_dir: str | Path, max_batch: int = 64, opt_batch: int | None = None, fp16: bool = False,
-                  workspace_mb: int = 1024, graphs: tuple[str, ...] = ("infer", "adapt")) -> dict[str, Path]:
+def build_engines(
+    artifact_dir: str | Path,
+    max_batch: int = 64,
+    opt_batch: int | None = None,
+    fp16: bool = False,
+    workspace_mb: int = 1024,
+    graphs: tuple[str, ...] = ("infer", "adapt"),
+) -> dict[str, Path]:
     """Write ``<graph>.b<max_batch>.engine`` next to the graphs; return their paths."""
     if not tensorrt_available():
-        raise ExportError("TensorRT is not installed here: build engines on the target device "
-                          "(JetPack or `pip install tensorrt`), or use engine.providers: [TensorrtExecutionProvider]")
+        raise ExportError(
+            "TensorRT is not installed here: build engines on the target device "
+            "(JetPack or `pip install tensorrt`), or use engine.providers: [TensorrtExecutionProvider]"
+        )
     import tensorrt as trt
 
     artifact = load_artifact(artifact_dir)

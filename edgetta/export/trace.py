@@ -23,18 +23,10 @@ from torch.func import functional_call, grad_and_value
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
+from edgetta.contract import BN_ALPHA, CE_WEIGHT, DATA_INPUT, ENTROPY, ENTROPY_WEIGHT, FEATURES, LOGITS, LOSS, grad_name
 from edgetta.errors import ExportError
 from edgetta.export.decompositions import decomposition_table
 from edgetta.export.prepare import PreparedModel
-
-INPUT = "input"
-BN_ALPHA = "bn_alpha"
-ENTROPY_WEIGHT = "entropy_weight"
-CE_WEIGHT = "ce_weight"
-LOGITS = "logits"
-FEATURES = "features"
-ENTROPY = "entropy"
-LOSS = "loss"
 
 
 def entropy_and_pseudo_ce(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,13 +45,13 @@ class GraphSignature:
     def __init__(self, prepared: PreparedModel, adapt: bool) -> None:
         self.prepared = prepared
         self.adapt = adapt
-        self.data_inputs = [INPUT, BN_ALPHA] + ([ENTROPY_WEIGHT, CE_WEIGHT] if adapt else [])
+        self.data_inputs = [DATA_INPUT, BN_ALPHA] + ([ENTROPY_WEIGHT, CE_WEIGHT] if adapt else [])
         self.param_inputs = prepared.norm_param_names + prepared.stat_names
         self.constants = prepared.constant_names
         stats = [n for layer in prepared.bn_layers for n in (layer.batch_mean, layer.batch_var)]
         self.outputs = [LOGITS] + ([FEATURES] if prepared.classifier else []) + stats
         if adapt:
-            self.outputs += [ENTROPY, LOSS] + [f"{n}.grad" for n in prepared.trainable_names]
+            self.outputs += [ENTROPY, LOSS] + [grad_name(n) for n in prepared.trainable_names]
 
     @property
     def inputs(self) -> list[str]:

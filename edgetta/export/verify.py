@@ -16,20 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgetta.contract import BN_ALPHA, CE_WEIGHT, DATA_INPUT, ENTROPY, ENTROPY_WEIGHT, FEATURES, LOGITS, LOSS, grad_name
 from edgetta.errors import ExportError
 from edgetta.export.norms import norm_kind
 from edgetta.export.prepare import PreparedModel
-from edgetta.export.trace import (
-    BN_ALPHA,
-    CE_WEIGHT,
-    ENTROPY,
-    ENTROPY_WEIGHT,
-    FEATURES,
-    INPUT,
-    LOGITS,
-    LOSS,
-    entropy_and_pseudo_ce,
-)
+from edgetta.export.trace import entropy_and_pseudo_ce
 
 LOGIT_TOLERANCE = 1e-4
 GRAD_TOLERANCE = 5e-3
@@ -115,12 +106,12 @@ def reference_outputs(
     }
     feats = captured.get("__features__")
     return {
-        "logits": logits,
-        "entropy": entropy,
-        "loss": loss,
+        LOGITS: logits,
+        ENTROPY: entropy,
+        LOSS: loss,
         "grads": grad_map,
         "stats": stats,
-        "features": feats.reshape(feats.shape[0], -1) if feats is not None else None,
+        FEATURES: feats.reshape(feats.shape[0], -1) if feats is not None else None,
     }
 
 
@@ -132,18 +123,18 @@ def check_parity(
     ew = np.full((batch,), 1.0 / batch, dtype=np.float32)
     cw = np.full((batch,), 0.5 / batch, dtype=np.float32)
     params = {n: prepared.tensor(n).numpy() for n in prepared.norm_param_names + prepared.stat_names}
-    feed = {INPUT: x, BN_ALPHA: np.asarray(bn_alpha, dtype=np.float32), **params}
+    feed = {DATA_INPUT: x, BN_ALPHA: np.asarray(bn_alpha, dtype=np.float32), **params}
     infer_names = [o.name for o in infer_session.get_outputs()]
     infer = dict(zip(infer_names, infer_session.run(None, feed)))
     adapt_names = [o.name for o in adapt_session.get_outputs()]
     adapt = dict(zip(adapt_names, adapt_session.run(None, {**feed, ENTROPY_WEIGHT: ew, CE_WEIGHT: cw})))
     ref = reference_outputs(original, prepared, x, bn_alpha, ew, cw)
     total_ref = torch.cat([g.flatten() for g in ref["grads"].values()])
-    total_ort = np.concatenate([adapt[f"{n}.grad"].ravel() for n in prepared.trainable_names])
+    total_ort = np.concatenate([adapt[grad_name(n)].ravel() for n in prepared.trainable_names])
     # Per-parameter figures are floored at a small share of the whole gradient so that a parameter
     # whose gradient is ~0 does not report float32 round-off as a large relative error.
     floor = 1e-3 * float(total_ref.norm())
-    per_param = {n: _rel(adapt[f"{n}.grad"], g, floor) for n, g in ref["grads"].items()}
+    per_param = {n: _rel(adapt[grad_name(n)], g, floor) for n, g in ref["grads"].items()}
     worst = max(per_param, key=per_param.get)
     torch32 = reference_outputs(original, prepared, x, bn_alpha, ew, cw, dtype=torch.float32)["grads"][worst]
     # Floor: a BN right after another train-mode BN sees an exactly zero-mean input.
@@ -151,12 +142,12 @@ def check_parity(
     return ParityReport(
         bn_alpha=bn_alpha,
         batch=batch,
-        logits_infer=_rel(infer[LOGITS], ref["logits"]),
-        logits_adapt=_rel(adapt[LOGITS], ref["logits"]),
-        features=_rel(infer[FEATURES], ref["features"]) if ref["features"] is not None else None,
+        logits_infer=_rel(infer[LOGITS], ref[LOGITS]),
+        logits_adapt=_rel(adapt[LOGITS], ref[LOGITS]),
+        features=_rel(infer[FEATURES], ref[FEATURES]) if ref[FEATURES] is not None else None,
         batch_stats=max(stats) if stats else None,
-        entropy=_rel(adapt[ENTROPY], ref["entropy"]),
-        loss=_rel(adapt[LOSS], ref["loss"]),
+        entropy=_rel(adapt[ENTROPY], ref[ENTROPY]),
+        loss=_rel(adapt[LOSS], ref[LOSS]),
         grad_max=per_param[worst],
         grad_total=_rel(total_ort, total_ref),
         worst_grad=worst,
