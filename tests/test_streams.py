@@ -327,10 +327,10 @@ def test_method_falls_back_to_the_method_when_the_config_has_no_name():
 
 
 def test_labels_outside_the_model_classes_stop_the_loop_with_a_clear_error():
-    adapter = FakeAdapter(num_classes=2)
+    adapter = FakeAdapter(num_classes=2, batch_size=2)
     with pytest.raises(DataError, match="outside 0..1"):
-        run_stream(adapter, ArraySource(vectors(3), np.array([0, 1, 2])), [])
-    assert adapter.calls == []  # refused before the first batch
+        run_stream(adapter, ArraySource(vectors(6), np.array([0, 1, 0, 1, 0, 2])), [])
+    assert adapter.calls == []  # an array source is checked before the first batch
     live = ListSource([Item(np.zeros(2, np.float32), label=0), Item(np.zeros(2, np.float32), label=7, position=1)])
     with pytest.raises(DataError, match="label 7 at 1 is outside 0..1"):
         run_stream(FakeAdapter(num_classes=2), live, [])
