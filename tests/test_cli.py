@@ -275,3 +275,17 @@ def test_plain_install_replays_and_demos_without_torch_scipy_or_matplotlib(tmp_p
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["backward_passes"] > 0
     assert (tmp_path / "demo" / "demo.json").is_file() and not (tmp_path / "demo" / "demo.png").exists()
     assert "demo.png skipped: pip install 'edgetta[plot]'" in result.stderr
+
+
+def test_raw_uint8_images_replay_like_their_normalised_floats(tmp_path):
+    """Integer images reach the adapter unchanged, which applies the manifest's preprocessing."""
+    with np.load(ASSETS / "demo_stream.npz", allow_pickle=False) as data:
+        images = data["images"][data["phase"] == 1][:64][:, None]
+    np.savez(tmp_path / "u8.npz", x=images)
+    np.savez(tmp_path / "f32.npz", x=(images.astype(np.float32) / 255.0 - 0.2860) / 0.3530)
+    preds = {}
+    for name in ("u8", "f32"):
+        assert replay(tmp_path, tmp_path / f"{name}.npz", "--method", "bn", out=tmp_path / name) == 0
+        lines = (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+        preds[name] = [json.loads(line)["pred"] for line in lines]
+    assert None not in preds["u8"] and preds["u8"] == preds["f32"]
