@@ -512,3 +512,11 @@ def test_reforward_predicts_with_updated_parameters(stream):
     expected = post_adapter.engine.infer(x, post_adapter.state.params, 1.0)["logits"]
     np.testing.assert_allclose(post.logits, expected, rtol=1e-5, atol=1e-5)
     assert post_adapter.totals["forward_passes"] == 2
+
+
+def test_engine_fallbacks_become_events(stream):
+    adapter = Adapter(BN_ART, load_config(method="frozen"))
+    adapter.engine.fallbacks.append("the rewritten infer graph is not used (test); running the exported graph")
+    events = adapter.process(stream.x[:4]).events
+    assert [e.kind for e in events] == ["downgrade"] and "rewritten infer graph" in events[0].reason
+    assert adapter.process(stream.x[:4]).events == []

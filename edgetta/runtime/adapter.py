@@ -70,6 +70,7 @@ class Adapter:
         self._pending: list[Event] = []
         self._windowed: bool | None = None
         self._preprocess_noted = False
+        self._fallbacks_seen = 0
         self._build()
         self._note_start()
 
@@ -115,6 +116,13 @@ class Adapter:
                     order=self.rails.names,
                 )
 
+    def _note_engine_fallbacks(self) -> None:
+        """An engine that could not use an optimised graph says why (``fallbacks``); each becomes an event."""
+        fallbacks = getattr(self.engine, "fallbacks", [])
+        for message in fallbacks[self._fallbacks_seen :]:
+            self._note("downgrade", f"engine: {message}")
+        self._fallbacks_seen = len(fallbacks)
+
     def _note(self, kind: str, reason: str, **data: Any) -> None:
         self._pending.append(Event(self.batches, RUNTIME, kind, reason, data))
 
@@ -147,6 +155,7 @@ class Adapter:
             self.totals["backward_passes"] += out.backward_passes
             self.totals["updates"] += int(out.updated)
             self.totals["processed"] += len(good)
+        self._note_engine_fallbacks()
         result.events[:0] = self._pending
         self._pending = []
         for event in result.events:
