@@ -126,9 +126,7 @@ def test_malformed_norm_layer_rows_are_artifact_errors():
 def test_there_is_one_norm_layer_record():
     """The export side, the artifact and the engine rewrites use the contract's record (no copies)."""
     from edgetta.engines.ort.rewrite import batchnorm
-    from edgetta.runtime import artifact as legacy
 
-    assert legacy.NormLayer is NormLayer
     assert batchnorm.NormLayer is NormLayer
     for path in (ROOT / "edgetta").rglob("*.py"):
         tree = ast.parse(path.read_text())
