@@ -38,7 +38,28 @@ _EXPORTS = {
     "EdgettaError": "edgetta.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "Adapter",
+    "ArraySource",
+    "Artifact",
+    "BatchResult",
+    "EdgettaError",
+    "Engine",
+    "EngineOptions",
+    "Event",
+    "Item",
+    "JsonlSink",
+    "NpzSource",
+    "OrtEngine",
+    "RuntimeConfig",
+    "Sink",
+    "Source",
+    "__version__",
+    "load_artifact",
+    "load_config",
+    "preset_names",
+    "run_stream",
+]
 
 if TYPE_CHECKING:
     from edgetta.contract import Artifact, load_artifact

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgetta.contract import load_artifact
 from edgetta.runtime.adapter import Adapter
-from edgetta.runtime.artifact import load_artifact
 from edgetta.runtime.config import load_config
 from tests.conftest import make_family_model
 

@@ -39,27 +39,38 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         r0, r1 = manifest["verification"]["results"]
         lint = all(manifest["trt_lint"][g]["ok"] for g in ("infer", "adapt"))
-        rows.append({
-            "family": name, "parameters": params, "norm_layers": len(manifest["norm_layers"]),
-            "logits_a0": max(r0["logits_infer"], r0["logits_adapt"]), "logits_a1": max(r1["logits_infer"],
-                                                                                     r1["logits_adapt"]),
-            "grad_a0": r0["grad_max"], "grad_a1": r1["grad_max"], "torch32_a1": r1["torch32_grad"], "trt_lint": lint,
-            "export_seconds": manifest["export_seconds"],
-        })
+        rows.append(
+            {
+                "family": name,
+                "parameters": params,
+                "norm_layers": len(manifest["norm_layers"]),
+                "logits_a0": max(r0["logits_infer"], r0["logits_adapt"]),
+                "logits_a1": max(r1["logits_infer"], r1["logits_adapt"]),
+                "grad_a0": r0["grad_max"],
+                "grad_a1": r1["grad_max"],
+                "torch32_a1": r1["torch32_grad"],
+                "trt_lint": lint,
+                "export_seconds": manifest["export_seconds"],
+            }
+        )
         print(json.dumps(rows[-1]))
     lines = [
-        "# Export parity per model family", "",
+        "# Export parity per model family",
+        "",
         f"Command: `python tools/export_report.py --out {args.out}` (torch {torch.__version__}, CPU, 2 cores, "
         "shared machine). Figures are norm-relative differences from a float64 torch reference of the original "
-        "model on the example batch (16 samples); `grad` is the worst single parameter's gradient.", "",
+        "model on the example batch (16 samples); `grad` is the worst single parameter's gradient.",
+        "",
         "| family | params | norm layers | logits a=0 | logits a=1 | grad a=0 | grad a=1 | torch fp32 grad a=1 "
         "| TRT lint | export s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['family']} | {r['parameters']:,} | {r['norm_layers']} | {r['logits_a0']:.1e} | "
-                     f"{r['logits_a1']:.1e} | {r['grad_a0']:.1e} | {r['grad_a1']:.1e} | {r['torch32_a1']:.1e} | "
-                     f"{'ok' if r['trt_lint'] else 'FAIL'} | {r['export_seconds']} |")
+        lines.append(
+            f"| {r['family']} | {r['parameters']:,} | {r['norm_layers']} | {r['logits_a0']:.1e} | "
+            f"{r['logits_a1']:.1e} | {r['grad_a0']:.1e} | {r['grad_a1']:.1e} | {r['torch32_a1']:.1e} | "
+            f"{'ok' if r['trt_lint'] else 'FAIL'} | {r['export_seconds']} |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
 

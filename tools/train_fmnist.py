@@ -30,8 +30,7 @@ from edgetta.zoo.models import FAMILIES  # noqa: E402
 CONFIGS: dict[str, dict[str, Any]] = {
     "resnet_bn": {"in_channels": 1, "num_classes": 10, "width": 16, "blocks": 1},
     "resnet_gn": {"in_channels": 1, "num_classes": 10, "width": 16, "blocks": 1},
-    "tiny_vit": {"image_size": 28, "patch": 7, "in_channels": 1, "num_classes": 10, "dim": 64, "depth": 4,
-                 "heads": 4},
+    "tiny_vit": {"image_size": 28, "patch": 7, "in_channels": 1, "num_classes": 10, "dim": 64, "depth": 4, "heads": 4},
 }
 
 
@@ -55,12 +54,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+        correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
     return correct / len(x)
 
 
-def train(model_name: str, epochs: int, data_root: str | None, limit: int | None, seed: int, batch_size: int,
-          lr: float) -> tuple[nn.Module, dict[str, Any]]:
+def train(
+    model_name: str, epochs: int, data_root: str | None, limit: int | None, seed: int, batch_size: int, lr: float
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model_name`` with AdamW and a one-cycle cosine schedule; return the model and its record."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -78,15 +78,16 @@ def train(model_name: str, epochs: int, data_root: str | None, limit: int | None
     params = sum(p.numel() for p in model.parameters())
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05 if model_name == "tiny_vit" else 5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                    pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
     start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
         total, seen = 0.0, 0
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             xb = augment(x_train[idx], generator)
             loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=0.1 if model_name == "tiny_vit" else 0.0)
             optimizer.zero_grad(set_to_none=True)
@@ -136,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.out)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{args.model}: clean test accuracy {record['clean_test_accuracy']:.4f} in {record['seconds']} s "
-          f"-> {args.out}")
+    print(
+        f"{args.model}: clean test accuracy {record['clean_test_accuracy']:.4f} in {record['seconds']} s -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

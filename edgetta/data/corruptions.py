@@ -58,27 +58,45 @@ SEVERITY_PARAMS: dict[str, tuple[dict[str, Any], ...]] = {
     # fraction of pixels set to 0 or 1 (half each)
     "impulse_noise": tuple({"amount": a} for a in (0.01, 0.02, 0.03, 0.05, 0.07)),
     # anti-aliased disk of `radius` px, smoothed by a Gaussian of `alias_sigma` px
-    "defocus_blur": tuple({"radius": round(r * _S, 2), "alias_sigma": round(a * _S, 2)}
-                          for r, a in ((0.56, 0.4), (0.56, 0.5), (0.56, 0.6), (1.26, 0.2), (1.69, 0.1))),
+    "defocus_blur": tuple(
+        {"radius": round(r * _S, 2), "alias_sigma": round(a * _S, 2)}
+        for r, a in ((0.56, 0.4), (0.56, 0.5), (0.56, 0.6), (1.26, 0.2), (1.69, 0.1))
+    ),
     # Gaussian blur, `iterations` passes of local pixel swaps within `max_delta` px, Gaussian blur again
-    "glass_blur": tuple({"sigma": round(s * _S, 3), "max_delta": d, "iterations": i}
-                        for s, d, i in ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))),
+    "glass_blur": tuple(
+        {"sigma": round(s * _S, 3), "max_delta": d, "iterations": i}
+        for s, d, i in ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))
+    ),
     # one-sided Gaussian-weighted streak (`radius`, `sigma` in px) at a random angle in [-45, 45] degrees
-    "motion_blur": tuple({"radius": round(r * _S, 2), "sigma": round(s * _S, 3)}
-                         for r, s in ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))),
+    "motion_blur": tuple(
+        {"radius": round(r * _S, 2), "sigma": round(s * _S, 3)} for r, s in ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))
+    ),
     # mean of the image and centred zooms by 1, 1 + step, ..., max_zoom
     "zoom_blur": tuple({"max_zoom": z, "step": 0.01} for z in (1.05, 1.10, 1.15, 1.20, 1.25)),
     # flake field N(loc, scale) zoomed by `zoom`, thresholded, motion-blurred (`radius`, `sigma` px),
     # image brightened with weight 1 - `blend`
-    "snow": tuple({"loc": lo, "scale": sc, "zoom": z, "threshold": t, "radius": round(r * _S, 2),
-                   "sigma": round(s * _S, 3), "blend": b}
-                  for lo, sc, z, t, r, s, b in ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-                                                (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-                                                (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-                                                (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))),
+    "snow": tuple(
+        {
+            "loc": lo,
+            "scale": sc,
+            "zoom": z,
+            "threshold": t,
+            "radius": round(r * _S, 2),
+            "sigma": round(s * _S, 3),
+            "blend": b,
+        }
+        for lo, sc, z, t, r, s, b in (
+            (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+            (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+        )
+    ),
     # image_weight * x + frost_weight * texture (synthetic texture, see module docstring)
-    "frost": tuple({"image_weight": a, "frost_weight": b}
-                   for a, b in ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))),
+    "frost": tuple(
+        {"image_weight": a, "frost_weight": b} for a, b in ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))
+    ),
     # plasma fractal of roughness `decay` added with weight `strength`, then renormalised
     "fog": tuple({"strength": s, "decay": d} for s, d in ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))),
     # x + delta (the HSV value channel of a grey image is its intensity)
@@ -86,10 +104,10 @@ SEVERITY_PARAMS: dict[str, tuple[dict[str, Any], ...]] = {
     # (x - mean) * factor + mean, per image
     "contrast": tuple({"factor": f} for f in (0.75, 0.5, 0.4, 0.3, 0.15)),
     # random affine (corner jitter `affine` px) then smooth displacement field (`alpha` px, `sigma` px)
-    "elastic_transform": tuple({"alpha": round(a * _SIZE, 2), "sigma": round(s * _SIZE, 2),
-                                "affine": round(f * _SIZE, 2)}
-                               for a, s, f in ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06),
-                                               (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))),
+    "elastic_transform": tuple(
+        {"alpha": round(a * _SIZE, 2), "sigma": round(s * _SIZE, 2), "affine": round(f * _SIZE, 2)}
+        for a, s, f in ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))
+    ),
     # box-downsample to factor * size, box-upsample back
     "pixelate": tuple({"factor": f} for f in (0.95, 0.9, 0.85, 0.75, 0.65)),
     # JPEG round trip at this quality
@@ -200,14 +218,17 @@ def _correlate_per_image(x: np.ndarray, offsets: np.ndarray, weights: np.ndarray
         for dx in (0, 1):
             wy = frac[..., 0] if dy else 1 - frac[..., 0]
             wx = frac[..., 1] if dx else 1 - frac[..., 1]
-            np.add.at(kernels, (np.broadcast_to(rows, p0.shape[:2]), (p0[..., 0] + dy) % hp, (p0[..., 1] + dx) % wp),
-                      (weights * wy * wx).astype(np.float32))
+            np.add.at(
+                kernels,
+                (np.broadcast_to(rows, p0.shape[:2]), (p0[..., 0] + dy) % hp, (p0[..., 1] + dx) % wp),
+                (weights * wy * wx).astype(np.float32),
+            )
     out = np.empty_like(x)
     for start in range(0, n, _FFT_CHUNK):
         sl = slice(start, start + _FFT_CHUNK)
         padded = np.pad(x[sl], ((0, 0), (pad, pad), (pad, pad)), mode="edge")
         spectrum = sfft.rfft2(padded, workers=-1) * sfft.rfft2(kernels[sl], workers=-1)
-        out[sl] = sfft.irfft2(spectrum, s=(hp, wp), workers=-1)[:, pad:pad + h, pad:pad + w]
+        out[sl] = sfft.irfft2(spectrum, s=(hp, wp), workers=-1)[:, pad : pad + h, pad : pad + w]
     return out
 
 
@@ -312,8 +333,7 @@ def _defocus_blur(x: np.ndarray, rng: np.random.Generator, radius: float, alias_
     return ndimage.correlate(x, kernel[None], mode="mirror")
 
 
-def _glass_blur(x: np.ndarray, rng: np.random.Generator, sigma: float, max_delta: int,
-                iterations: int) -> np.ndarray:
+def _glass_blur(x: np.ndarray, rng: np.random.Generator, sigma: float, max_delta: int, iterations: int) -> np.ndarray:
     ndimage = _scipy()[1]
     n, h, w = x.shape
     out = ndimage.gaussian_filter(x, (0, sigma, sigma), mode="mirror")
@@ -342,8 +362,17 @@ def _zoom_blur(x: np.ndarray, rng: np.random.Generator, max_zoom: float, step: f
     return _apply_operator(x, _zoom_operator(h, w, factors, True))
 
 
-def _snow(x: np.ndarray, rng: np.random.Generator, loc: float, scale: float, zoom: float, threshold: float,
-          radius: float, sigma: float, blend: float) -> np.ndarray:
+def _snow(
+    x: np.ndarray,
+    rng: np.random.Generator,
+    loc: float,
+    scale: float,
+    zoom: float,
+    threshold: float,
+    radius: float,
+    sigma: float,
+    blend: float,
+) -> np.ndarray:
     n, h, w = x.shape
     flakes = rng.normal(loc, scale, x.shape).astype(np.float32)
     if zoom != 1:
@@ -362,8 +391,11 @@ def _frost(x: np.ndarray, rng: np.random.Generator, image_weight: float, frost_w
     which = rng.integers(0, t, n)
     oy = rng.integers(0, size - h + 1, n)
     ox = rng.integers(0, size - w + 1, n)
-    crops = textures[which[:, None, None], oy[:, None, None] + np.arange(h)[None, :, None],
-                     ox[:, None, None] + np.arange(w)[None, None, :]]
+    crops = textures[
+        which[:, None, None],
+        oy[:, None, None] + np.arange(h)[None, :, None],
+        ox[:, None, None] + np.arange(w)[None, None, :],
+    ]
     return image_weight * x + frost_weight * crops
 
 
@@ -488,8 +520,10 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
 
 def severity_table_markdown() -> str:
     """The severity table as Markdown (one row per corruption, one column per severity)."""
-    lines = ["| corruption | " + " | ".join(f"severity {s}" for s in SEVERITIES) + " |",
-             "|---|" + "---|" * len(SEVERITIES)]
+    lines = [
+        "| corruption | " + " | ".join(f"severity {s}" for s in SEVERITIES) + " |",
+        "|---|" + "---|" * len(SEVERITIES),
+    ]
     for name in CORRUPTIONS:
         cells = [", ".join(f"{k}={v}" for k, v in p.items()) for p in SEVERITY_PARAMS[name]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
