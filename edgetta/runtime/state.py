@@ -4,7 +4,7 @@ live with their owners; the runtime gathers all of them for a checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +25,6 @@ class AdaptState:
     running_stats: list[tuple[str, str, str, str]]  # (running_mean, running_var, batch_mean, batch_var)
     update_count: int = 0
     reset_count: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> AdaptState:
@@ -39,9 +38,6 @@ class AdaptState:
 
     def trainable_params(self) -> dict[str, np.ndarray]:
         return {k: self.params[k] for k in self.trainable}
-
-    def trainable_source(self) -> dict[str, np.ndarray]:
-        return {k: self.source[k] for k in self.trainable}
 
     def values(self, names: list[str]) -> dict[str, np.ndarray]:
         return {k: self.params[k] for k in names}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgetta.errors import CheckpointError, ConfigError
-from edgetta.safety.base import Rail, RailEnv, StepContext, Target
+from edgetta.safety.base import Rail, StepContext, Target
 
 __all__ = ["RailPipeline", "rail_order_key"]
 
@@ -58,10 +58,6 @@ class RailPipeline:
     def gates_before_update(self) -> bool:
         """True when a rail decides on the batch or the sample weights from the forward pass's entropies."""
         return any(rail.acts_on & {Target.BATCH, Target.SAMPLE_WEIGHTS} for rail in self.rails)
-
-    def bind(self, env: RailEnv) -> None:
-        for rail in self.rails:
-            rail.bind(env)
 
     def remove(self, rail: Rail) -> None:
         self.rails.remove(rail)
