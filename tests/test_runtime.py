@@ -315,9 +315,10 @@ def test_eata_preset_runs_without_a_fisher_diagonal_and_says_so(tmp_path, stream
     with caplog.at_level(logging.WARNING, logger="edgetta"):
         adapter = Adapter(art, load_config(preset="eata"))
     assert "fisher_anchor" not in adapter.rails.names
-    assert any("fisher_anchor dropped" in r.getMessage() and "--calib" in r.getMessage() for r in caplog.records)
+    assert any("dropped: fisher_anchor" in r.getMessage() and "--calib" in r.getMessage() for r in caplog.records)
     events = adapter.process(stream.x[:64]).events
-    assert events[0].kind == "downgrade" and events[0].data["rail"] == "fisher_anchor"
+    assert events[0].kind == "downgrade" and events[0].data["dropped"] == "fisher_anchor"
+    assert events[0].to_json()["rail"] == "runtime"
     with pytest.raises(ConfigError, match="--calib"):
         Adapter(art, load_config(preset="eata", rails=[{"name": "fisher_anchor", "required": True}]))
 

@@ -102,8 +102,8 @@ class Adapter:
 
     def _note_start(self) -> None:
         for name, why in self.dropped:
-            self._note("downgrade", f"rail {name} dropped: {why}", rail=name)
-            log.warning("edgetta: rail %s dropped: %s", name, why)
+            self._note("downgrade", f"rail dropped: {why}", dropped=name)
+            log.warning("edgetta: rail dropped: %s", why)
         if self.rails.rails:
             configured = [r if isinstance(r, str) else r.get("name") for r in self.config.rails]
             configured = [n for n in configured if n in self.rails.names]

@@ -56,7 +56,8 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"batch": self.batch_index, "rail": self.rail, "kind": self.kind, "reason": self.reason, **self.data}
+        fixed = {"batch": self.batch_index, "rail": self.rail, "kind": self.kind, "reason": self.reason}
+        return {**fixed, **{k: v for k, v in self.data.items() if k not in fixed}}
 
 
 @dataclass(frozen=True)
