@@ -6,13 +6,17 @@ batch and turns every consumed item into exactly one :class:`Record`: a predicti
 Items that cannot be stacked with the rest of their batch (another shape or dtype) are passed to
 the adapter in their own group, which refuses them with a reason; items the source could not read
 become skip records without reaching the adapter.
+
+:class:`StreamRunner` is that loop as an object (``feed`` items, ``flush`` a partial batch, ``state`` at a
+batch boundary): ``run_stream`` drives it over a finite source, the daemon (``edgetta run``) over live and
+recorded streams it checkpoints and resumes.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,17 +65,65 @@ def _stack_groups(items: Sequence[Item]) -> tuple[dict[tuple, list[int]], dict[i
     return groups, unreadable
 
 
-class _Run:
-    """State of one :func:`run_stream` call."""
+class StreamRunner:
+    """The loop's incremental core, shared by :func:`run_stream` and the daemon: :meth:`feed` items, get the
+    records of every batch that filled; :meth:`flush` processes a partial batch (end of a stream, or a live
+    source that went quiet). Records and events also go to each sink, events of a batch before its records.
 
-    def __init__(self, adapter: Any, sinks: Sequence[Sink], progress: Progress | None) -> None:
-        self.adapter, self.sinks, self.progress = adapter, sinks, progress
+    Batches hold ``batch_size`` consecutive items of one domain; a domain change flushes the batch and, when
+    ``episodic``, resets the adapter. :meth:`state`/:meth:`load_state` carry everything that decides future
+    batches and record indices (JSON), so a resumed stream batches exactly like an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        adapter: Any,
+        sinks: Sequence[Sink] = (),
+        *,
+        batch_size: int | None = None,
+        episodic: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        size = int(batch_size or adapter.config.batch_size)
+        if size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {size}")
+        self.adapter, self.sinks, self.progress = adapter, list(sinks), progress
+        self.batch_size, self.episodic = size, episodic
+        self.num_classes = int(adapter.artifact.num_classes)
         self.class_names: list[str] = list(adapter.artifact.class_names or [])
-        self.index = 0
+        self.pending: list[Item] = []
+        self.index = 0  # index of the next record
+        self.domain: int | None = None  # domain of the last item fed
+        self.seen = False  # whether any item was fed (a first item is never a domain change)
         self.correct = self.labelled = self.processed = 0
         self.skips: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.gated = 0
+        self.before = _counters(adapter)
+        self.started = time.perf_counter()
+
+    # -- feeding -------------------------------------------------------------------------------------------
+    def feed(self, items: Iterable[Item]) -> list[Record]:
+        """Queue ``items``; returns the records of the batches they completed (in order)."""
+        out: list[Record] = []
+        for item in items:
+            _check_label(item, self.num_classes)
+            if self.seen and item.domain != self.domain:
+                out.extend(self.flush())
+                if self.episodic:
+                    self.emit_event(self.adapter.reset(f"domain changed to {item.domain}"))
+            self.pending.append(item)
+            self.domain, self.seen = item.domain, True
+            if len(self.pending) >= self.batch_size:
+                out.extend(self.flush())
+        return out
+
+    def flush(self) -> list[Record]:
+        """Process the partial batch, if any; returns its records."""
+        if not self.pending:
+            return []
+        items, self.pending = self.pending, []
+        return self._process(items)
 
     def emit_event(self, event: EventLike) -> None:
         self.events[event.kind] += 1
@@ -81,7 +133,7 @@ class _Run:
         for sink in self.sinks:
             sink.write_event(event)
 
-    def flush(self, items: list[Item]) -> None:
+    def _process(self, items: list[Item]) -> list[Record]:
         records = [Record(self.index + i, it.position, it.timestamp, it.domain, it.label) for i, it in enumerate(items)]
         groups, unreadable = _stack_groups(items)
         for i, reason in unreadable.items():
@@ -113,6 +165,57 @@ class _Run:
         self.index += len(items)
         if self.progress is not None:
             self.progress.advance(len(items), f"acc {self.correct / self.labelled:.3f}" if self.labelled else "")
+        return records
+
+    # -- results and resumption ----------------------------------------------------------------------------
+    def summary(self) -> Summary:
+        """Counts since this runner was created (adapter counters: their change since then)."""
+        seconds = time.perf_counter() - self.started
+        after = _counters(self.adapter)
+        return Summary(
+            method=method_name(self.adapter),
+            samples=self.index,
+            processed=self.processed,
+            skipped=sum(self.skips.values()),
+            skip_reasons=dict(self.skips.most_common()),
+            accuracy=self.correct / self.labelled if self.labelled else None,
+            labelled=self.labelled,
+            updates=after["updates"] - self.before["updates"],
+            forward_passes=after["forward_passes"] - self.before["forward_passes"],
+            backward_passes=after["backward_passes"] - self.before["backward_passes"],
+            gated_samples=self.gated,
+            resets=after["resets"] - self.before["resets"],
+            events=dict(sorted(self.events.items())),
+            seconds=seconds,
+            samples_per_second=self.index / seconds if seconds > 0 else None,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """JSON state at a batch boundary (refused with items pending: they would be lost on resume)."""
+        if self.pending:
+            raise RuntimeError(f"StreamRunner.state() with {len(self.pending)} items pending; flush first")
+        return {
+            "index": self.index,
+            "domain": self.domain,
+            "seen": self.seen,
+            "processed": self.processed,
+            "correct": self.correct,
+            "labelled": self.labelled,
+            "gated": self.gated,
+            "skips": dict(self.skips),
+            "events": dict(self.events),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue after the batch boundary :meth:`state` described (the adapter is restored separately)."""
+        self.pending = []
+        self.index = int(state["index"])
+        self.domain, self.seen = state["domain"], bool(state["seen"])
+        self.processed, self.correct = int(state["processed"]), int(state["correct"])
+        self.labelled, self.gated = int(state["labelled"]), int(state["gated"])
+        self.skips = Counter({str(k): int(v) for k, v in state["skips"].items()})
+        self.events = Counter({str(k): int(v) for k, v in state["events"].items()})
+        self.before = _counters(self.adapter)
 
 
 def _counters(adapter: Any) -> dict[str, int]:
@@ -133,49 +236,11 @@ def run_stream(
     """Run every item of ``source`` through ``adapter`` (an :class:`edgetta.runtime.adapter.Adapter`)
     and hand one record per item and every event to each sink. Neither the source nor the sinks are
     closed. Raises :class:`DataError` for a label that cannot belong to the model."""
-    size = int(batch_size or adapter.config.batch_size)
-    if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {size}")
-    num_classes = int(adapter.artifact.num_classes)
+    runner = StreamRunner(adapter, sinks, batch_size=batch_size, episodic=episodic, progress=progress)
     check_labels = getattr(source, "check_labels", None)
     if check_labels is not None:
-        check_labels(num_classes)
-    before = _counters(adapter)
-    run = _Run(adapter, sinks, progress)
-    started = time.perf_counter()
-    pending: list[Item] = []
-    previous: Item | None = None
+        check_labels(runner.num_classes)
     for item in source:
-        _check_label(item, num_classes)
-        if previous is not None and item.domain != previous.domain:
-            if pending:
-                run.flush(pending)
-                pending = []
-            if episodic:
-                run.emit_event(adapter.reset(f"domain changed to {item.domain}"))
-        pending.append(item)
-        previous = item
-        if len(pending) >= size:
-            run.flush(pending)
-            pending = []
-    if pending:
-        run.flush(pending)
-    seconds = time.perf_counter() - started
-    after = _counters(adapter)
-    return Summary(
-        method=method_name(adapter),
-        samples=run.index,
-        processed=run.processed,
-        skipped=sum(run.skips.values()),
-        skip_reasons=dict(run.skips.most_common()),
-        accuracy=run.correct / run.labelled if run.labelled else None,
-        labelled=run.labelled,
-        updates=after["updates"] - before["updates"],
-        forward_passes=after["forward_passes"] - before["forward_passes"],
-        backward_passes=after["backward_passes"] - before["backward_passes"],
-        gated_samples=run.gated,
-        resets=after["resets"] - before["resets"],
-        events=dict(sorted(run.events.items())),
-        seconds=seconds,
-        samples_per_second=run.index / seconds if seconds > 0 else None,
-    )
+        runner.feed((item,))
+    runner.flush()
+    return runner.summary()
