@@ -71,8 +71,9 @@ class StreamRunner:
     source that went quiet). Records and events also go to each sink, events of a batch before its records.
 
     Batches hold ``batch_size`` consecutive items of one domain; a domain change flushes the batch and, when
-    ``episodic``, resets the adapter. :meth:`state`/:meth:`load_state` carry everything that decides future
-    batches and record indices (JSON), so a resumed stream batches exactly like an uninterrupted one.
+    ``episodic``, resets the adapter before the new domain's first batch. :meth:`state`/:meth:`load_state`
+    carry everything that decides future batches and record indices (JSON), so a stream resumed after its
+    last record batches exactly like an uninterrupted one.
     """
 
     def __init__(
@@ -93,8 +94,8 @@ class StreamRunner:
         self.class_names: list[str] = list(adapter.artifact.class_names or [])
         self.pending: list[Item] = []
         self.index = 0  # index of the next record
-        self.domain: int | None = None  # domain of the last item fed
-        self.seen = False  # whether any item was fed (a first item is never a domain change)
+        self.domain: int | None = None  # domain of the last batch processed
+        self.seen = False  # whether a batch was processed (a first batch is never a domain change)
         self.correct = self.labelled = self.processed = 0
         self.skips: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
@@ -108,21 +109,23 @@ class StreamRunner:
         out: list[Record] = []
         for item in items:
             _check_label(item, self.num_classes)
-            if self.seen and item.domain != self.domain:
+            if self.pending and item.domain != self.pending[-1].domain:
                 out.extend(self.flush())
-                if self.episodic:
-                    self.emit_event(self.adapter.reset(f"domain changed to {item.domain}"))
             self.pending.append(item)
-            self.domain, self.seen = item.domain, True
             if len(self.pending) >= self.batch_size:
                 out.extend(self.flush())
         return out
 
     def flush(self) -> list[Record]:
-        """Process the partial batch, if any; returns its records."""
+        """Process the partial batch, if any; returns its records. A batch of a new domain resets the adapter
+        first when ``episodic``."""
         if not self.pending:
             return []
         items, self.pending = self.pending, []
+        domain = items[0].domain
+        if self.seen and domain != self.domain and self.episodic:
+            self.emit_event(self.adapter.reset(f"domain changed to {domain}"))
+        self.domain, self.seen = domain, True
         return self._process(items)
 
     def emit_event(self, event: EventLike) -> None:
@@ -191,9 +194,8 @@ class StreamRunner:
         )
 
     def state(self) -> dict[str, Any]:
-        """JSON state at a batch boundary (refused with items pending: they would be lost on resume)."""
-        if self.pending:
-            raise RuntimeError(f"StreamRunner.state() with {len(self.pending)} items pending; flush first")
+        """JSON state after the last processed batch. Pending items are not part of it (nothing of them has
+        reached the adapter or a sink yet): a resumed source yields them again after the last record."""
         return {
             "index": self.index,
             "domain": self.domain,
