@@ -146,6 +146,15 @@ def cmd_build_trt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgetta.daemon import run_daemon
+
+    if args.max_items is not None and args.max_items < 1:
+        raise ConfigError(f"--max-items must be >= 1, got {args.max_items}")
+    resume = True if args.resume else False if args.fresh else None
+    return run_daemon(args.config, resume=resume, max_items=args.max_items)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetta", description="Test-time adaptation runtime for edge devices.")
     parser.add_argument("--version", action="version", version=f"edgetta {__version__}")
@@ -213,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit-per-phase", type=int, help="use only the first N images of each phase (quick runs)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="the streaming daemon: streams in, predictions out, checkpoints, metrics")
+    p.add_argument("config", help="daemon config (YAML): artifact, adapt, state_dir, checkpoint, metrics, streams")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume", action="store_true", help="continue every stream from its checkpoint (the default when one exists)"
+    )
+    mode.add_argument("--fresh", action="store_true", help="start over: discard checkpoints, truncate outputs")
+    p.add_argument("--max-items", type=int, metavar="N", help="end each stream after N items of this run (tests)")
+    p.set_defaults(func=cmd_run)
 
     for register in _EXTRA_COMMANDS:
         register(sub)
