@@ -31,6 +31,7 @@ import yaml
 from edgetta.errors import ConfigError
 from edgetta.runtime.config import TOP_LEVEL_KEYS as ADAPT_KEYS
 from edgetta.runtime.config import RuntimeConfig, build_config, merge
+from edgetta.safety.registry import RAILS
 
 BUNDLED = "bundled:"
 LOG_FORMATS = ("json", "text")
@@ -237,6 +238,8 @@ def _adapt(spec: dict[str, Any], where: str) -> RuntimeConfig:
         head = re.match(r"^([a-z_]+)([.:\[ ])", message)
         if head and head.group(1) in ADAPT_KEYS:
             raise ConfigError(f"{where}.{message}") from None
+        if "rail" in message or (head and head.group(1) in RAILS):
+            raise ConfigError(f"{where}.rails: {message}") from None
         raise ConfigError(f"{where}: {message}") from None
 
 
@@ -293,12 +296,14 @@ def _health(data: Any) -> HealthConfig:
 
 
 def _output(data: Any, where: str, base: Path) -> OutputConfig:
+    if data is None:
+        raise ConfigError(f"{where}: missing; e.g. {{path: out/cam0.jsonl}} (or {{format: stdout}})")
     spec = _mapping(data, where, "{path: out/cam0.jsonl}")
     _keys(spec, ("path", "format", "probabilities", "events"), where)
     path = spec.get("path")
     fmt = spec.get("format")
     if fmt is None:
-        fmt = "stdout" if path is None else ("csv" if str(path).lower().endswith(".csv") else "jsonl")
+        fmt = "csv" if str(path).lower().endswith(".csv") else "jsonl"
     fmt = _choice(fmt, f"{where}.format", OUTPUT_FORMATS, "jsonl")
     if fmt == "stdout":
         if path is not None:
