@@ -109,9 +109,10 @@ def open_source(
     where = f"streams[{stream}].source"
     kind = _kind(spec, where)
     reader = SpecReader(spec, where, ("kind", *KIND_KEYS[kind]))
+    if kind in ("npz", "npy") and "preprocess" in spec:
+        raise reader.error("preprocess", f"{kind} arrays are model inputs as they are; preprocess does not apply")
+    reader.finish()  # a misspelt key first: "channel: unknown key" says more than "missing key 'channels'"
     if kind in ("npz", "npy"):
-        if "preprocess" in spec:
-            raise reader.error("preprocess", f"{kind} arrays are model inputs as they are; preprocess does not apply")
         return _arrays(kind, reader, _start(kind, start, after, where))
     if kind in ("video", "camera", "rtsp", "images"):
         return _image_source(kind, reader, artifact, start, after, on_event)
