@@ -73,6 +73,10 @@ class OffsetFile:
     def offset(self) -> int:
         return self._file.tell()
 
+    def flush(self) -> None:
+        """Hand the written bytes to the OS (readers see them; a crash of this process keeps them)."""
+        self._file.flush()
+
     def sync(self) -> int:
         """Flush to disk (fsync); returns the committed length."""
         self._file.flush()
@@ -144,6 +148,12 @@ class RecordOutput:
     def write_event(self, event: EventLike) -> None:
         """Records only."""
 
+    def flush(self) -> None:
+        if self.file is None:
+            sys.stdout.flush()
+        else:
+            self.file.flush()
+
     def sync(self) -> int:
         if self.file is None:
             sys.stdout.flush()
@@ -168,6 +178,9 @@ class EventOutput:
     def write_event(self, event: EventLike) -> None:
         row = {"stream": self.stream, "time": round(time.time(), 6), **event.to_json()}
         self.file.write((json.dumps(row, default=_plain) + "\n").encode())
+
+    def flush(self) -> None:
+        self.file.flush()
 
     def sync(self) -> int:
         return self.file.sync()

@@ -287,6 +287,9 @@ class StreamWorker:
             self.metrics.entropy(self.name, sum(entropies) / len(entropies))
         self.last_position = records[-1].position
         self.items_since_checkpoint += len(records)
+        for out in (self.output, self.events):
+            if out is not None:
+                out.flush()
         if self.runner is not None and not self.runner.pending:
             self.first_pending = None
 
