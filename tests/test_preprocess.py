@@ -53,6 +53,16 @@ def test_image_defaults_come_from_the_manifest():
     np.testing.assert_allclose(x, (200 / 255 - 0.286) / 0.353, rtol=1e-6)
 
 
+def test_downscaling_averages_pixels_by_default():
+    """interpolation: area (default) averages the 2x2 pixels behind each output pixel; nearest picks one."""
+    stripes = np.zeros((8, 12), np.uint8)
+    stripes[:, 1::2] = 200
+    gray = SimpleNamespace(input_shape=(None, 1, 4, 6), preprocess={"scale": 1.0})
+    np.testing.assert_array_equal(image_preprocessor(None, gray)(stripes), 100)
+    nearest = image_preprocessor({"interpolation": "nearest"}, gray)(stripes)
+    assert set(np.unique(nearest)) <= {0.0, 200.0}
+
+
 def test_gray_uses_the_bgr_weights_of_opencv():
     gray = SimpleNamespace(input_shape=(None, 1, 4, 6), preprocess={"scale": 1.0})
     x = image_preprocessor(None, gray)(bgr(255, 0, 0))  # pure blue in BGR: luma 0.114 * 255 = 29
