@@ -37,7 +37,9 @@ def write_edf(path: Path, rate: int = 100, extra: list | None = None) -> np.ndar
         edfio.EdfSignal(temperature, 1, label="Temp rectal", physical_range=(0, 2000)),
         *(extra or []),
     ]
-    edfio.Edf(signals).write(path)
+    stages = [edfio.EdfAnnotation(30.0 * k, 30.0, "Sleep stage W" if k < 2 else "Sleep stage 1") for k in range(EPOCHS)]
+    edfio.Edf(signals, annotations=stages).write(path)  # annotations make it EDF+ (an "EDF Annotations" signal)
+    assert edfio.read_edf(path).reserved == "EDF+C"
     return eeg
 
 

@@ -122,3 +122,13 @@ def test_lsl_stream_not_found_gives_up_with_an_error_item(pylsl):
     items = list(open_source(spec, stream="eeg", artifact=ONE_SECOND, on_event=lambda k, m: events.append(k)))
     assert len(items) == 1 and items[0].x is None and "gave up after 2" in items[0].error
     assert events == ["not_found", "not_found", "gave_up"]
+
+
+def test_lsl_marker_stream_ends_with_an_error_item(pylsl):
+    from edgetta.streams import open_source
+
+    name = f"edgetta-markers-{uuid.uuid4().hex[:8]}"
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "Markers", 1, 0, "string", f"{name}-id"))
+    items = list(open_source({"kind": "lsl", "name": name, "resolve_timeout": 5}, stream="m", artifact=ONE_SECOND))
+    del outlet
+    assert len(items) == 1 and items[0].x is None and "carries text (markers)" in items[0].error

@@ -85,6 +85,7 @@ class LslSource:
         self.total = None
         self.rate: float | None = None
         self.labels: list[str] | None = None
+        self.text = False
         self.connects = 0
         self._stop = threading.Event()
 
@@ -93,24 +94,33 @@ class LslSource:
         failures = 0
         while not self._stop.is_set():
             found = self.pylsl.resolve_bypred(self.query, 1, self.resolve_timeout)
+            problem = f"no stream found in {self.resolve_timeout:g} s"
             if found:
-                inlet = self.pylsl.StreamInlet(
-                    found[0],
-                    max_buflen=max(1, int(round(self.buffer))),
-                    recover=True,
-                    processing_flags=self.pylsl.proc_clocksync,
-                )
-                info = inlet.info(self.resolve_timeout)
-                self.rate = float(info.nominal_srate())
-                self.labels = channel_labels(info)
-                self.connects += 1
-                notify(self.on_event, "connected", f"{self.name}: {info.channel_count()} channels at {self.rate:g} Hz")
-                return inlet
+                try:
+                    return self._open(found[0])
+                except Exception as exc:  # noqa: BLE001 - the outlet vanished between resolve and connect
+                    problem = f"found but could not connect ({exc})"
             failures += 1
-            notify(self.on_event, "not_found", f"{self.name}: no stream found in {self.resolve_timeout:g} s")
+            notify(self.on_event, "not_found", f"{self.name}: {problem}")
             if self.backoff.exhausted(failures) or not self.backoff.wait(self._stop, failures - 1):
                 return None
         return None
+
+    def _open(self, found: Any) -> Any:
+        inlet = self.pylsl.StreamInlet(
+            found, max_buflen=max(1, int(round(self.buffer))), recover=True, processing_flags=self.pylsl.proc_clocksync
+        )
+        try:
+            info = inlet.info(self.resolve_timeout)
+        except Exception:
+            inlet.close_stream()
+            raise
+        self.rate = float(info.nominal_srate())
+        self.labels = channel_labels(info)
+        self.text = info.channel_format() == self.pylsl.cf_string
+        self.connects += 1
+        notify(self.on_event, "connected", f"{self.name}: {info.channel_count()} channels at {self.rate:g} Hz")
+        return inlet
 
     def _epoch_length(self) -> int:
         rate = self.rate or 0.0
@@ -134,6 +144,12 @@ class LslSource:
                     message = f"{self.name}: gave up after {self.backoff.attempts} failed attempts to resolve"
                     notify(self.on_event, "gave_up", message)
                     yield Item(None, position=counter or 0, error=message)
+                return
+            if self.text:  # a marker stream: nothing to epoch, and it will not change
+                inlet.close_stream()
+                message = f"{self.name}: the stream carries text (markers), not signal samples; resolve a signal stream"
+                notify(self.on_event, "gave_up", message)
+                yield Item(None, position=counter or 0, error=message)
                 return
             length = self._epoch_length()
             if counter is None:

@@ -113,9 +113,12 @@ class ImagePreprocessor:
             return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB if alpha else cv2.COLOR_BGR2RGB)
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR) if alpha else frame
 
-    def state(self) -> dict[str, Any]:
-        """Nothing carries over from one frame to the next."""
+    def state(self, after: Any = None) -> dict[str, Any]:
+        """Nothing carries over from one frame to the next (``after`` is accepted, as by the signal preprocessor)."""
         return {}
+
+    def mark(self, position: Any) -> None:
+        """Nothing to remember (the signal preprocessor's snapshot hook)."""
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Accepts the empty state :meth:`state` returns."""
