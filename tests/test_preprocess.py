@@ -240,6 +240,8 @@ def test_state_errors():
         prep.state(after=7)
     with pytest.raises(CheckpointError, match="version"):
         prep.load_state({"zscore": None})
+    with pytest.raises(CheckpointError, match="malformed"):
+        prep.load_state({"version": 1, "zscore": {"mean": [0.0]}, "filter": None})
     two = signal_preprocessor({"zscore": "running"}, SimpleNamespace(input_shape=(None, 2, 1000)), live=False)
     with pytest.raises(CheckpointError, match="the model takes 2"):
         two.load_state(prep.state())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -124,6 +125,7 @@ class SignalPreprocessor:
         self._moments: tuple[np.ndarray, np.ndarray] | None = None  # running mean and mean square [C]
         self._count = 0
         self._snapshots: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()  # the source's thread prepares epochs while a daemon thread checkpoints
         if bandpass is not None or (rate is not None and resample):
             need("scipy.signal", "signal filtering and resampling")
 
@@ -146,10 +148,11 @@ class SignalPreprocessor:
 
         Raises :class:`Unusable` with the reason when it does not fit; the state (and its snapshot at
         ``position``) then stays as it was."""
-        try:
-            return self._prepare(np.asarray(data, dtype=np.float64), float(rate), labels)
-        finally:
-            self.mark(position)
+        with self._lock:
+            try:
+                return self._prepare(np.asarray(data, dtype=np.float64), float(rate), labels)
+            finally:
+                self._mark(position)
 
     def _prepare(self, x: np.ndarray, rate: float, labels: Sequence[str] | None) -> np.ndarray:
         if x.ndim != 2:
@@ -237,10 +240,15 @@ class SignalPreprocessor:
     # ------------------------------------------------------------------ state for checkpoints
 
     def mark(self, position: Any) -> None:
-        """Remember the state right after the item at ``position`` (for :meth:`state` ``after=``)."""
+        """Remember the state right after the item at ``position`` (for :meth:`state` ``after=``): a source calls
+        this for an item it could not even read, so that every position it yields has a state."""
+        with self._lock:
+            self._mark(position)
+
+    def _mark(self, position: Any) -> None:
         if position is None or not self.stateful:
             return
-        self._snapshots[position] = self.state()
+        self._snapshots[position] = self._state()
         self._snapshots.move_to_end(position)
         while len(self._snapshots) > self.history:
             self._snapshots.popitem(last=False)
@@ -249,13 +257,17 @@ class SignalPreprocessor:
         """JSON-able state: now, or right after the item at position ``after`` (one of the last ``history``
         items this preprocessor saw). Pass it to :meth:`load_state` of a fresh preprocessor with the same
         configuration, with the source opened at the next position, to resume exactly."""
-        if after is not None and self.stateful:
+        with self._lock:
+            if after is None or not self.stateful:
+                return self._state()
             if after not in self._snapshots:
                 raise CheckpointError(
                     f"no preprocessing state kept for position {after!r} (the last {self.history} items are kept); "
                     "checkpoint a recently yielded position"
                 )
             return copy.deepcopy(self._snapshots[after])
+
+    def _state(self) -> dict[str, Any]:
         moments = None
         if self._moments is not None:
             moments = {"mean": self._moments[0].tolist(), "square": self._moments[1].tolist(), "count": self._count}
@@ -267,6 +279,16 @@ class SignalPreprocessor:
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state`; a CheckpointError names what does not fit this configuration."""
+        with self._lock:
+            self._load_state(state)
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        try:
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"signal preprocessing state is malformed ({type(exc).__name__}: {exc})") from exc
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             raise CheckpointError(f"signal preprocessing state must be a mapping with version {STATE_VERSION}")
         moments, filt = state.get("zscore"), state.get("filter")
