@@ -47,6 +47,8 @@ class ImagePreprocessor:
     interpolation: str = "area"
     norm: Normalisation = Normalisation()
 
+    stateful = False  # nothing to checkpoint (a SignalPreprocessor may have state)
+
     @property
     def channels(self) -> int:
         return 1 if self.color == "gray" else 3
