@@ -87,6 +87,7 @@ class StreamWorker:
         self.items_since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
         self.first_pending: float | None = None
+        self.last_skip: str | None = None
         self.resumed_from: StreamCheckpoint | None = None
         self.output: RecordOutput | None = None
         self.events: EventOutput | None = None
@@ -276,6 +277,7 @@ class StreamWorker:
         self.metrics.updates(self.name, max(0, self.counters["updates"] - updates_before))
         entropies = []
         for rec in records:
+            self.last_skip = rec.skip
             outcome = "skipped" if rec.skip is not None else "processed"
             self.counters[outcome] += 1
             self.metrics.items(self.name, outcome)
@@ -299,6 +301,12 @@ class StreamWorker:
             self.status.set("failed", entry.reason)
             self.metrics.state(self.name, "failed")
             log_event(self.log, logging.ERROR, f"{self.name}: stream failed: {entry.reason}", stream=self.name)
+        elif self.live:  # a camera or an inlet only ends when its source gave up reconnecting
+            self.checkpoint()
+            reason = "the live source ended" + (f" ({self.last_skip})" if self.last_skip else "")
+            self.status.set("failed", reason)
+            self.metrics.state(self.name, "failed")
+            log_event(self.log, logging.ERROR, f"{self.name}: stream failed: {reason}", stream=self.name)
         else:
             self.checkpoint(clean=True)
             self.status.set("finished")
