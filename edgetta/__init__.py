@@ -34,6 +34,7 @@ _EXPORTS = {
     "Sink": "edgetta.streams",
     "JsonlSink": "edgetta.streams",
     "run_stream": "edgetta.streams",
+    "open_source": "edgetta.streams",
     "Event": "edgetta.safety",
     "EdgettaError": "edgetta.errors",
 }
@@ -57,6 +58,7 @@ __all__ = [
     "__version__",
     "load_artifact",
     "load_config",
+    "open_source",
     "preset_names",
     "run_stream",
 ]
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     from edgetta.runtime.adapter import Adapter, BatchResult
     from edgetta.runtime.config import RuntimeConfig, load_config, preset_names
     from edgetta.safety import Event
-    from edgetta.streams import ArraySource, Item, JsonlSink, NpzSource, Sink, Source, run_stream
+    from edgetta.streams import ArraySource, Item, JsonlSink, NpzSource, Sink, Source, open_source, run_stream
 
 
 def __getattr__(name: str) -> Any:
