@@ -91,6 +91,8 @@ def test_a_run_stopped_anywhere_and_resumed_equals_one_uninterrupted_run(deploym
     """Stops land between batches or mid-batch; a recorded stream keeps only whole batches at a stop, so
     the resumed run batches exactly as an uninterrupted one."""
     reference = replay_reference(deployment.parent / "stream.npz", deployment)
+    # a queue that does not hold whole batches: a stop finds a partial batch in it
+    write_config(deployment.parent, [stream_entry("s0", "stream.npz", "out/s0.jsonl", queue={"size": 100})])
     bg = Background(deployment, resume=False)
     time.sleep(0.3)
     first = bg.stop()
@@ -167,12 +169,27 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
     def fail(*args: Any, **kwargs: Any) -> None:
         raise Boom(step)
 
+    real_mkstemp, real_replace = ck.tempfile.mkstemp, ck.os.replace
+
+    def manifest_mkstemp(*args: Any, **kwargs: Any) -> Any:  # the manifest's temp file: half written, then death
+        fd, name = real_mkstemp(*args, **kwargs)
+        if kwargs.get("prefix", "").startswith(".checkpoint.json"):
+            ck.os.write(fd, b'{"format": "edgetta.daemon.checkpoint", "ver')
+            ck.os.close(fd)
+            fail()
+        return fd, name
+
+    def manifest_replace(src: Any, dst: Any) -> None:
+        if Path(dst).name == "checkpoint.json":
+            fail()
+        real_replace(src, dst)
+
     if step == "adapter":
         monkeypatch.setattr(Adapter, "save", lambda self, p: (Path(p).write_bytes(b"partial"), fail()))
     elif step == "manifest_write":
-        monkeypatch.setattr(ck.os, "fdopen", fail)
+        monkeypatch.setattr(ck.tempfile, "mkstemp", manifest_mkstemp)
     elif step == "manifest_replace":
-        monkeypatch.setattr(ck.os, "replace", fail)
+        monkeypatch.setattr(ck.os, "replace", manifest_replace)
     else:
         monkeypatch.setattr(ck.CheckpointStore, "_remove_stale", fail)
     with pytest.raises(Boom):
@@ -186,6 +203,22 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
     else:
         assert after.position == before.position and after.seq == before.seq
         assert restored.batches == before.runner["index"] // 64
+
+
+def test_a_reader_of_the_manifest_never_sees_it_change_under_it(tmp_path):
+    """The manifest is replaced, never rewritten in place: a reader that opened it before a commit reads the
+    whole old manifest after the commit (what a crash mid-write would otherwise tear)."""
+    write_stream(tmp_path / "stream.npz", 256)
+    path = write_config(tmp_path, checkpoint={"every_items": 64})
+    run(path, max_items=64)
+    store = CheckpointStore(tmp_path / "state/streams/s0")
+    with store.manifest.open("rb") as old:
+        before = store.load()
+        run(path, max_items=64)
+        assert json.loads(old.read())["seq"] == before.seq
+    assert store.load().seq > before.seq
+    names = sorted(p.name for p in store.folder.iterdir())
+    assert names == [f"adapter-{store.load().seq:08d}.safetensors", "checkpoint.json"]  # nothing stale or temporary
 
 
 # ------------------------------------------------------------------------------- streams and failures

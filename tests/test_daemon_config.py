@@ -74,6 +74,7 @@ def test_a_stream_may_override_adapt_and_a_method_there_replaces_the_shared_one(
     "change, expected",
     [
         ({"colour": 1}, "colour: unknown key; valid keys: artifact, adapt, state_dir"),
+        ({"streams.0.colour": 1}, "streams[0].colour: unknown key; valid keys: name, artifact, adapt, source"),
         ({"streams.0.output.format": "xml"}, "streams[0].output.format: 'xml' is not one of jsonl, csv, stdout"),
         ({"streams.0.output.path": None}, "streams[0].output.path: missing"),
         ({"streams.0.output.colour": 1}, "streams[0].output.colour: unknown key; valid keys: path, format"),
