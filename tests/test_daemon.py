@@ -307,8 +307,10 @@ def live_config(tmp_path: Path, **stream: Any) -> Path:
     return write_config(tmp_path, [entry], metrics={"host": "127.0.0.1", "port": free_port()})
 
 
-def use_source(monkeypatch, source: Any) -> None:
-    monkeypatch.setattr("edgetta.daemon.stream.open_stream_source", lambda *a, **k: source)
+def opening(source: Any) -> dict[str, Any]:
+    """Daemon keyword arguments that make every stream open ``source`` (how a program embedding the daemon
+    brings sources of its own)."""
+    return {"open_source": lambda *args, **kwargs: source}
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:
@@ -319,9 +321,8 @@ def wait_until(condition, timeout: float = 30.0) -> None:
 
 
 def test_a_live_partial_batch_is_flushed_after_flush_after_seconds(tmp_path, monkeypatch):
-    use_source(monkeypatch, FakeLive(5))
     path = live_config(tmp_path, flush_after=0.2)
-    bg = Background(path)
+    bg = Background(path, **opening(FakeLive(5)))
     out = tmp_path / "out/cam.jsonl"
     wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 5, timeout=10)
     summary = bg.stop()
@@ -340,10 +341,9 @@ def slow_model(monkeypatch, seconds: float) -> None:
 
 def test_a_full_queue_drops_the_oldest_live_items_and_counts_every_drop(tmp_path, monkeypatch):
     source = FakeLive(400)
-    use_source(monkeypatch, source)
     slow_model(monkeypatch, 0.05)
     path = live_config(tmp_path, queue={"size": 8}, flush_after=0.05)
-    bg = Background(path)
+    bg = Background(path, **opening(source))
     wait_until(lambda: source.closed.is_set() or bg.daemon.workers[0].reader.read == 400)
     worker = bg.daemon.workers[0]
     wait_until(lambda: len(worker.queue) == 0 and not worker.runner.pending)
@@ -357,10 +357,9 @@ def test_a_full_queue_drops_the_oldest_live_items_and_counts_every_drop(tmp_path
 
 
 def test_a_recorded_source_is_never_dropped_from_even_when_the_model_is_slow(tmp_path, monkeypatch):
-    use_source(monkeypatch, FakeLive(120, live=False))
     slow_model(monkeypatch, 0.02)
     path = live_config(tmp_path, queue={"size": 4}, flush_after=0.05)
-    bg = Background(path)
+    bg = Background(path, **opening(FakeLive(120, live=False)))
     out = tmp_path / "out/cam.jsonl"
     wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 64)
     summary = bg.stop()
@@ -381,12 +380,11 @@ def scrape(daemon: Daemon, path: str) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def test_metrics_and_healthz_are_served_over_http_with_the_documented_names_and_labels(tmp_path, monkeypatch):
+def test_metrics_and_healthz_are_served_over_http_with_the_documented_names_and_labels(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    use_source(monkeypatch, FakeLive(100, delay=0.002))
     path = live_config(tmp_path, flush_after=0.1)
-    bg = Background(path)
+    bg = Background(path, **opening(FakeLive(100, delay=0.002)))
     out = tmp_path / "out/cam.jsonl"
     wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 100)
     code, text = scrape(bg.daemon, "/metrics")
@@ -428,12 +426,11 @@ def test_metrics_and_healthz_are_served_over_http_with_the_documented_names_and_
     bg.stop()
 
 
-def test_metrics_of_two_daemons_in_one_process_do_not_mix(tmp_path, monkeypatch):
-    use_source(monkeypatch, FakeLive(3))
+def test_metrics_of_two_daemons_in_one_process_do_not_mix(tmp_path):
     daemons = []
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
-        daemons.append(Background(live_config(tmp_path / name, flush_after=0.05)))
+        daemons.append(Background(live_config(tmp_path / name, flush_after=0.05), **opening(FakeLive(3))))
     wait_until(lambda: all(d.daemon.workers[0].counters["processed"] == 3 for d in daemons))
     texts = [scrape(d.daemon, "/metrics")[1] for d in daemons]
     assert daemons[0].daemon.metrics.registry is not daemons[1].daemon.metrics.registry
@@ -454,7 +451,7 @@ def test_healthz_turns_unhealthy_when_the_collapse_guard_keeps_firing():
     assert evaluate([status], config, now=105.0)[0]  # the first reset left the window
 
 
-def test_collapse_guard_resets_reach_health_and_metrics_from_real_events(tmp_path, monkeypatch):
+def test_collapse_guard_resets_reach_health_and_metrics_from_real_events(tmp_path):
     """A collapse-guard threshold every stream is below (50 nats): every update resets, /healthz says so."""
     write_stream(tmp_path / "stream.npz", 256)
     guard = {"name": "collapse_guard", "threshold": 50.0, "max_class_fraction": None}

@@ -17,6 +17,10 @@ from edgetta.streams.items import Position, Source
 
 PATH_KEYS = ("path",)
 
+# open_stream_source's signature: (spec, preprocess, *, stream, artifact, after, on_event) -> Source. A daemon may
+# be given another (Daemon(..., open_source=...)) to run on sources of the embedding program's own.
+SourceOpener = Callable[..., Source]
+
 
 def check_source_spec(spec: Any, where: str, base: Path) -> dict[str, Any]:
     """The source mapping with relative paths made absolute (against ``base``); its kind and keys checked.

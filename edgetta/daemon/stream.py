@@ -23,7 +23,7 @@ from edgetta.daemon.logs import log_event
 from edgetta.daemon.metrics import NullMetrics
 from edgetta.daemon.outputs import EventOutput, RecordOutput
 from edgetta.daemon.reader import END, Failure, ItemQueue, Reader
-from edgetta.daemon.sources import open_stream_source
+from edgetta.daemon.sources import SourceOpener, open_stream_source
 from edgetta.errors import CheckpointError, ConfigError
 from edgetta.streams.loop import StreamRunner
 from edgetta.streams.records import EventLike, Record
@@ -71,8 +71,10 @@ class StreamWorker:
         log: logging.Logger,
         wake: threading.Event,
         max_items: int | None = None,
+        open_source: SourceOpener = open_stream_source,
     ) -> None:
         self.config, self.name, self.adapter = config, config.name, adapter
+        self.open_source = open_source
         self.cadence = checkpoint
         self.metrics, self.log = metrics, log
         self.store = CheckpointStore(state_dir / "streams" / config.name)
@@ -154,7 +156,7 @@ class StreamWorker:
         fit stops the daemon's start; a source that cannot be read (a missing or corrupt file) fails this
         stream only."""
         try:
-            self.source = open_stream_source(
+            self.source = self.open_source(
                 self.config.source,
                 self.config.preprocess,
                 stream=str(self.config.index),

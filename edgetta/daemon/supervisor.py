@@ -24,6 +24,7 @@ from edgetta.daemon.config import DaemonConfig, load_daemon_config, reload_diff
 from edgetta.daemon.health import evaluate
 from edgetta.daemon.logs import log_event, setup_logging, teardown_logging
 from edgetta.daemon.metrics import make_metrics
+from edgetta.daemon.sources import SourceOpener, open_stream_source
 from edgetta.daemon.stream import StreamWorker
 from edgetta.errors import CheckpointError, ConfigError, EdgettaError
 
@@ -86,10 +87,19 @@ class StateLock:
 class Daemon:
     """``edgetta run``. ``resume``: True requires a checkpoint for every stream (``--resume``), False starts
     over (``--fresh``), None resumes the streams that have one. ``max_items``: each stream ends after that
-    many items of this run."""
+    many items of this run. ``open_source``: how a stream's source is opened (default: the source factory, see
+    :func:`edgetta.daemon.sources.open_stream_source`); a program embedding the daemon may bring its own."""
 
-    def __init__(self, config: DaemonConfig, *, resume: bool | None = None, max_items: int | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        resume: bool | None = None,
+        max_items: int | None = None,
+        open_source: SourceOpener = open_stream_source,
+    ) -> None:
         self.config = config
+        self.open_source = open_source
         self.resume = resume
         self.max_items = max_items
         self.wake = threading.Event()
@@ -146,6 +156,7 @@ class Daemon:
                     log=self.log,
                     wake=self.wake,
                     max_items=self.max_items,
+                    open_source=self.open_source,
                 )
             )
         self.engines = len(engines)
