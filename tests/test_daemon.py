@@ -61,6 +61,14 @@ class Background:
         return self.summary
 
 
+def load_daemon_config_for_tent(tmp: Path | None = None) -> Any:
+    """A parsed config of the tests' Tent-with-rails deployment (paths unused)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp()) if tmp is None else tmp
+    return load_daemon_config(write_config(folder))
+
+
 def replay_reference(stream: Path, config_path: Path) -> list[tuple]:
     """The same stream through run_stream (what `edgetta replay` runs) with the same config."""
     config = load_daemon_config(config_path).streams[0].adapt
@@ -185,7 +193,7 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
         real_replace(src, dst)
 
     if step == "adapter":
-        monkeypatch.setattr(Adapter, "save", lambda self, p: (Path(p).write_bytes(b"partial"), fail()))
+        monkeypatch.setattr(ck.AdapterState, "save", lambda self, p: (Path(p).write_bytes(b"partial"), fail()))
     elif step == "manifest_write":
         monkeypatch.setattr(ck.tempfile, "mkstemp", manifest_mkstemp)
     elif step == "manifest_replace":
@@ -193,7 +201,7 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
     else:
         monkeypatch.setattr(ck.CheckpointStore, "_remove_stale", fail)
     with pytest.raises(Boom):
-        store.commit(new, adapter)
+        store.commit(new, ck.AdapterState.of(adapter))
     monkeypatch.undo()
     after = store.load()
     restored = Adapter(ART, load_daemon_config(path).streams[0].adapt)
@@ -203,6 +211,76 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
     else:
         assert after.position == before.position and after.seq == before.seq
         assert restored.batches == before.runner["index"] // 64
+
+
+def test_the_state_handed_to_the_background_commit_is_a_copy():
+    """The committer writes while the stream goes on: the adapter's next batches must not change it."""
+    from edgetta.daemon.checkpoint import AdapterState
+
+    adapter = Adapter(ART, load_daemon_config_for_tent().streams[0].adapt)
+    with np.load(ASSETS / "demo_stream.npz") as data:
+        x = data["images"][:192, None]
+    adapter.process(x[:64])
+    state = AdapterState.of(adapter)
+    before = {k: v.copy() for k, v in state.tensors.items()}
+    adapter.process(x[64:128])
+    adapter.process(x[128:])
+    assert all(np.array_equal(before[k], state.tensors[k]) for k in before)
+    assert any(not np.array_equal(before[k], v) for k, v in AdapterState.of(adapter).tensors.items())
+
+
+def test_a_commit_that_fails_on_disk_fails_its_stream_only(tmp_path, monkeypatch):
+    write_stream(tmp_path / "a.npz", 512)
+    path = write_config(
+        tmp_path,
+        [stream_entry("bad", "a.npz", "out/bad.jsonl"), stream_entry("good", "a.npz", "out/good.jsonl")],
+        checkpoint={"every_items": 64},
+    )
+    real = CheckpointStore.commit
+
+    def commit(self: CheckpointStore, checkpoint: Any, state: Any) -> None:
+        if self.folder.name == "bad" and checkpoint.seq >= 3:
+            raise OSError(28, "No space left on device")
+        real(self, checkpoint, state)
+
+    monkeypatch.setattr(CheckpointStore, "commit", commit)
+    summary = run(path)
+    assert summary.streams["good"]["state"] == "finished" and summary.streams["good"]["processed"] == 512
+    assert summary.streams["bad"]["state"] == "failed" and "No space left" in summary.streams["bad"]["reason"]
+    assert CheckpointStore(tmp_path / "state/streams/bad").load().seq == 2  # the last good commit stays
+
+
+def test_outputs_reach_the_disk_before_a_manifest_names_their_offsets(tmp_path, monkeypatch):
+    """A power cut must not leave a manifest whose offsets point past what was synced: every manifest
+    replace comes after an fsync of each output (records and events) since the previous one."""
+    import edgetta.daemon.checkpoint as ck
+
+    journal: list[str] = []
+    real_fsync, real_replace = OffsetFile.fsync, ck.os.replace
+
+    def fsync(self: OffsetFile) -> None:
+        journal.append(self.path.name)
+        real_fsync(self)
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        if Path(dst).name == "checkpoint.json":
+            journal.append("manifest")
+
+    monkeypatch.setattr(OffsetFile, "fsync", fsync)
+    monkeypatch.setattr(ck.os, "replace", replace)
+    write_stream(tmp_path / "stream.npz", 320)
+    entry = stream_entry("s0", "stream.npz", "out/s0.jsonl")
+    entry["output"]["events"] = "out/s0.events.jsonl"
+    summary = run(write_config(tmp_path, [entry], checkpoint={"every_items": 64}))
+    assert journal.count("manifest") == summary.streams["s0"]["checkpoints"] >= 5
+    since: set[str] = set()
+    for step in journal:
+        if step == "manifest":
+            assert since == {"s0.jsonl", "s0.events.jsonl"}, journal
+            since = set()
+        else:
+            since.add(step)
 
 
 def test_a_reader_of_the_manifest_never_sees_it_change_under_it(tmp_path):

@@ -77,11 +77,14 @@ class OffsetFile:
         """Hand the written bytes to the OS (readers see them; a crash of this process keeps them)."""
         self._file.flush()
 
-    def sync(self) -> int:
-        """Flush to disk (fsync); returns the committed length."""
+    def committed(self) -> int:
+        """Hand everything written to the OS; returns the length (what a checkpoint may record)."""
         self._file.flush()
-        os.fsync(self._file.fileno())
         return self._file.tell()
+
+    def fsync(self) -> None:
+        """Make what the OS holds durable (safe to call from another thread while writing goes on)."""
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if not self._file.closed:
@@ -154,11 +157,12 @@ class RecordOutput:
         else:
             self.file.flush()
 
-    def sync(self) -> int:
+    def committed(self) -> int:
+        """The length a checkpoint records (0 for stdout, which cannot be cut back)."""
         if self.file is None:
             sys.stdout.flush()
             return 0
-        return self.file.sync()
+        return self.file.committed()
 
     def close(self) -> None:
         if self.file is not None:
@@ -182,8 +186,8 @@ class EventOutput:
     def flush(self) -> None:
         self.file.flush()
 
-    def sync(self) -> int:
-        return self.file.sync()
+    def committed(self) -> int:
+        return self.file.committed()
 
     def close(self) -> None:
         self.file.close()

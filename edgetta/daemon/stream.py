@@ -16,7 +16,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from edgetta.daemon.checkpoint import CheckpointStore, StreamCheckpoint
+from edgetta.daemon.checkpoint import AdapterState, CheckpointStore, Committer, StreamCheckpoint
 from edgetta.daemon.config import CheckpointConfig, StreamConfig
 from edgetta.daemon.health import COLLAPSE_RAIL, StreamStatus
 from edgetta.daemon.logs import log_event
@@ -78,6 +78,7 @@ class StreamWorker:
         self.cadence = checkpoint
         self.metrics, self.log = metrics, log
         self.store = CheckpointStore(state_dir / "streams" / config.name)
+        self.committer = Committer(self.store, lambda seconds: metrics.latency(config.name, "checkpoint", seconds))
         self.status = StreamStatus(config.name)
         self.queue = ItemQueue(config.queue.size, wake)
         self.max_items = max_items
@@ -123,7 +124,7 @@ class StreamWorker:
             self.adapter, sinks, batch_size=self.config.adapt.batch_size, episodic=self.config.adapt.episodic
         )
         if ck is None:
-            self.checkpoint()  # a fresh stream has a checkpoint before its first item
+            self.checkpoint(wait=True)  # a fresh stream has a checkpoint before its first item
             return
         self.resumed_from = ck
         self.seq, self.live, self.last_position = ck.seq, ck.live, ck.position
@@ -299,12 +300,12 @@ class StreamWorker:
 
     def _end(self, entry: Any) -> None:
         if isinstance(entry, Failure):
-            self.checkpoint()
+            self.checkpoint(wait=True)
             self.status.set("failed", entry.reason)
             self.metrics.state(self.name, "failed")
             log_event(self.log, logging.ERROR, f"{self.name}: stream failed: {entry.reason}", stream=self.name)
         elif self.live:  # a camera or an inlet only ends when its source gave up reconnecting
-            self.checkpoint()
+            self.checkpoint(wait=True)
             reason = "the live source ended" + (f" ({self.last_skip})" if self.last_skip else "")
             self.status.set("failed", reason)
             self.metrics.state(self.name, "failed")
@@ -330,10 +331,14 @@ class StreamWorker:
             return True
         return self.items_since_checkpoint > 0 and now - self.last_checkpoint >= self.cadence.every_seconds
 
-    def checkpoint(self, clean: bool = False) -> None:
-        """Commit adapter state, last position, output offsets and counters together."""
+    def checkpoint(self, clean: bool = False, wait: bool = False) -> bool:
+        """Commit adapter state, last position, output offsets and counters together. The disk work runs in the
+        background; with a commit still in flight a periodic checkpoint is postponed (False). ``clean`` (an
+        orderly end) and ``wait`` return once it is on disk."""
         assert self.runner is not None and self.output is not None
-        t0 = time.perf_counter()
+        if self.committer.busy and not (clean or wait):
+            return False
+        self.committer.check()
         self.counters["checkpoints"] += 1  # counted in the checkpoint it is
         preprocess = None
         preprocessor = getattr(self.source, "preprocessor", None)
@@ -345,20 +350,23 @@ class StreamWorker:
             seq=self.seq + 1,
             adapter_file="",
             position=self.last_position,
-            output_offset=self.output.sync(),
-            events_offset=self.events.sync() if self.events else 0,
+            output_offset=self.output.committed(),
+            events_offset=self.events.committed() if self.events else 0,
             runner=self.runner.state(),
             counters=dict(self.counters),
             settings=self.config.settings(),
             live=self.live,
             clean=clean,
         )
-        self.store.commit(ck, self.adapter)
+        files = [out.file for out in (self.output, self.events) if out is not None and out.file is not None]
+        self.committer.submit(ck, AdapterState.of(self.adapter), files)
         self.seq = ck.seq
         self.items_since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
         self.metrics.checkpoint(self.name)
-        self.metrics.latency(self.name, "checkpoint", time.perf_counter() - t0)
+        if clean or wait:
+            self.committer.wait()
+        return True
 
     # -- stop --------------------------------------------------------------------------------------------
     def drain(self) -> None:
@@ -388,6 +396,10 @@ class StreamWorker:
         if self.reader is not None:
             self.reader.stop()
             self.reader.thread.join(timeout=2.0)
+        try:
+            self.committer.close()  # a commit in flight finishes before its files close
+        except Exception as exc:
+            log_event(self.log, logging.ERROR, f"{self.name}: last checkpoint failed: {exc}", stream=self.name)
         for out in (self.output, self.events):
             if out is not None:
                 out.close()
