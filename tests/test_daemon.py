@@ -407,6 +407,25 @@ def test_a_live_partial_batch_is_flushed_after_flush_after_seconds(tmp_path, mon
     assert summary.streams["cam"]["processed"] == 5 and summary.exit_code == 0
 
 
+def test_a_live_stream_resumed_after_a_crash_keeps_the_records_written_since_its_checkpoint(tmp_path):
+    """Live data cannot be read again: records written after the last checkpoint stay (a torn last line goes),
+    and the indices go on after them."""
+    path = live_config(tmp_path, flush_after=0.05)
+    bg = Background(path, **opening(FakeLive(10)))
+    out = tmp_path / "out/cam.jsonl"
+    wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 10)
+    bg.stop()
+    written = out.read_text().splitlines()
+    extra = [json.dumps({**json.loads(written[-1]), "index": i, "position": 100 + i}) for i in (10, 11)]
+    out.write_text("\n".join(written + extra) + '\n{"index": 12, "pos')  # what a crash leaves
+    bg = Background(path, **opening(FakeLive(3)))
+    wait_until(lambda: len(out.read_text().splitlines()) == 15)
+    bg.stop()
+    got = records(out)
+    assert [r["index"] for r in got] == list(range(15))
+    assert [r["position"] for r in got[10:]] == [110, 111, 0, 1, 2]
+
+
 def slow_model(monkeypatch, seconds: float) -> None:
     original = Adapter.process
 

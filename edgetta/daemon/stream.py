@@ -182,6 +182,13 @@ class StreamWorker:
         self.status.live = live
         ck = self.resumed_from
         preprocessor = getattr(self.source, "preprocessor", None)
+        history = getattr(preprocessor, "history", None)
+        ahead = self.config.queue.size + self.config.adapt.batch_size + 1  # items read but not yet written
+        if getattr(preprocessor, "stateful", False) and history is not None and history < ahead:
+            raise ConfigError(
+                f"{self.config.where}.queue.size: the source keeps its preprocessing state for the last {history} "
+                f"items, fewer than queue.size + batch_size + 1 = {ahead}; lower queue.size"
+            )
         if ck is not None and ck.preprocess is not None and preprocessor is not None:
             preprocessor.load_state(ck.preprocess)
         log_event(
