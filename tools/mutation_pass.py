@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Mutation pass: break one feature at a time in a scratch copy of the repo and record which tests turn red.
+"""Mutation pass: break one feature at a time in a scratch copy of HEAD and record which tests turn red.
 
 Each mutation replaces one exact snippet of source (it must match once). The suite runs against the copy
 (PYTHONPATH puts it first) so the working tree is never touched. Writes a Markdown table.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,7 +128,10 @@ def run(name: str, change: tuple[str, str, str], tests: list[str]) -> tuple[str,
     path, old, new = change
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "repo"
-        shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info"))
+        # A clean snapshot of the committed tree (HEAD), so edits in progress never leak into a run.
+        copy.mkdir()
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
         target = copy / path
         text = target.read_text()
         if text.count(old) != 1:
