@@ -179,7 +179,12 @@ def test_bn_refresh_updates_running_statistics_and_trust_region_bounds_them(stre
     [
         ({"method": "frozen", "rails": ["collapse_guard"]}, "never changes the model"),
         ({"method": "lame", "rails": ["nonfinite_guard"]}, "never changes the model"),
-        ({"method": "bn", "rails": ["periodic_reset"]}, "never changes the model"),
+        ({"method": "bn", "rails": ["periodic_reset"]}, "method bn offers statistics;"),
+        ({"method": "bn", "method_args": {"bn_alpha": 0.0}, "rails": ["periodic_reset"]}, "never changes the model"),
+        ({"method": "frozen", "rails": ["label_shift_guard"]}, "never changes the model"),
+        ({"method": "lame", "rails": ["label_shift_guard"]}, "never changes the model"),
+        ({"preset": "bn_ema", "rails": ["label_shift_guard"]}, "label_shift_guard acts on statistics"),
+        ({"method": "tent", "method_args": {"bn_alpha": 0.0}, "rails": ["label_shift_guard"]}, "acts on statistics"),
         ({"preset": "bn_ema", "rails": ["entropy_gate"]}, "sample_weights"),
         ({"preset": "bn_ema", "rails": ["fisher_anchor"]}, "gradients"),
     ],
@@ -221,13 +226,15 @@ def test_guard_runs_before_resets_whatever_the_config_order(stream):
     assert adapter.state.reset_count == 0
 
 
-def test_a_new_sample_weighting_rail_needs_no_registration_in_methods(stream, monkeypatch):
-    """A rail that declares it acts on sample weights gets its weights used, on Tent's one-call path too."""
+@pytest.mark.parametrize("declared", ["SAMPLE_WEIGHTS", "RESET"])
+def test_a_new_sample_weighting_rail_needs_no_registration_in_methods(stream, monkeypatch, declared):
+    """A rail's sample weights are used: when it declares them (Tent previews the entropies first) and even
+    when it does not (Tent's one call used uniform weights, so the adapt graph runs again)."""
     from edgetta.safety import RAILS, Rail, Target
 
     class KeepFirstHalf(Rail):
         name = "keep_first_half"
-        acts_on = frozenset({Target.SAMPLE_WEIGHTS})
+        acts_on = frozenset({Target[declared]})
 
         def before_update(self, ctx):
             n = len(ctx.weights)
@@ -245,6 +252,7 @@ def test_a_new_sample_weighting_rail_needs_no_registration_in_methods(stream, mo
     weights = np.where(np.arange(64) < 32, 1 / 32, 0.0).astype(np.float32)
     expected = adapter.engine.adapt(x, adapter.state.params, 1.0, weights, np.zeros_like(weights))
     adapter.process(x)
+    assert adapter.totals["backward_passes"] == (1 if declared == "SAMPLE_WEIGHTS" else 2)
     for name, grad in adapter.artifact.grad_names.items():
         np.testing.assert_allclose(
             adapter.state.params[name], before[name] - 0.1 * expected[grad], rtol=1e-5, atol=1e-6
@@ -442,7 +450,7 @@ def test_code_and_file_configs_share_defaults(tmp_path):
     file.write_text("method: tent\n")
     assert load_config(file) == RuntimeConfig(method="tent")
     assert load_config(preset="safe_tent").name == "safe_tent"
-    assert load_config(preset="tent").rails == ["nonfinite_guard"]
+    assert load_config(preset="tent").rails == ["nonfinite_guard", "label_shift_guard"]
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -40,11 +40,15 @@ def source_params() -> dict[str, np.ndarray]:
     return {"bn1.weight": np.ones(4, np.float32), "bn1.bias": np.zeros(4, np.float32)}
 
 
+RUNNING = (("bn1.running_mean", "bn1.running_var", "bn1.batch_mean", "bn1.batch_var"),)
+
+
 def make_env(fisher: bool = True, seed: int = 0) -> RailEnv:
     src = source_params()
     fish = {k: np.full(v.shape, 0.5 + i, np.float32) for i, (k, v) in enumerate(src.items())} if fisher else {}
     anchor = {k: v.copy() for k, v in src.items()} if fisher else {}
-    return RailEnv(num_classes=C, source=src, fisher=fish, anchor=anchor, seed=seed)
+    stats = {"bn1.running_mean": np.zeros(4, np.float32), "bn1.running_var": np.ones(4, np.float32)}
+    return RailEnv(num_classes=C, source={**src, **stats}, fisher=fish, anchor=anchor, seed=seed, running_stats=RUNNING)
 
 
 def make_ctx(
@@ -489,6 +493,7 @@ def test_build_rails_from_names_and_mappings():
 
 EXPECTED_ORDER = [
     "nonfinite_guard",
+    "label_shift_guard",
     "batch_entropy_gate",
     "diversity_gate",
     "entropy_gate",

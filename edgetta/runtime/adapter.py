@@ -86,6 +86,7 @@ class Adapter:
             fisher=self.artifact.fisher,
             anchor=self.artifact.anchor,
             seed=self.config.seed,
+            running_stats=tuple(self.state.running_stats),
         )
         self.method.bind(self.engine, self.state, self.rails, env)
         self.dropped: list[tuple[str, str]] = []

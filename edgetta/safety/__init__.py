@@ -12,6 +12,7 @@ from edgetta.safety.base import (
     Rail,
     RailEnv,
     RailUnavailable,
+    StatisticsContext,
     StepContext,
     Target,
 )
@@ -19,6 +20,7 @@ from edgetta.safety.collapse import CollapseGuard
 from edgetta.safety.ema_reset import EmaReset
 from edgetta.safety.fisher_anchor import FisherAnchor
 from edgetta.safety.gates import BatchEntropyGate, DiversityGate, EntropyGate
+from edgetta.safety.label_shift import LabelShiftGuard
 from edgetta.safety.nonfinite import NonfiniteGuard
 from edgetta.safety.periodic import PeriodicReset
 from edgetta.safety.pipeline import RailPipeline, rail_order_key
@@ -37,12 +39,14 @@ __all__ = [
     "EntropyGate",
     "Event",
     "FisherAnchor",
+    "LabelShiftGuard",
     "NonfiniteGuard",
     "PeriodicReset",
     "Rail",
     "RailPipeline",
     "RailUnavailable",
     "RailEnv",
+    "StatisticsContext",
     "StepContext",
     "StochasticRestore",
     "Target",

@@ -7,6 +7,10 @@ a rail that acts on nothing the method offers is refused at config load).
 
 A step runs in phases and every rail gets a hook per phase (all optional):
 
+0. ``choose_statistics(ctx)`` before the predictions are fixed, with a :class:`StatisticsContext`: may run
+   forwards at other BN statistics (``ctx.forward``) and replace the batch's forward with one of them
+   (``ctx.replace``): the predictions then come from that forward and the batch does not update
+   (label-shift guard: a label-correlated batch's own statistics cannot be trusted).
 1. ``before_update(ctx)``  after the forward pass: may zero/scale ``ctx.weights`` (per-sample gate) or
    set ``ctx.skip_update`` (batch-level gate). Predictions are already fixed; gating never drops them.
 2. ``on_gradients(ctx)``   after the adapt graph: may modify ``ctx.grads`` (Fisher anchor) or set
@@ -21,6 +25,7 @@ Every decision is recorded with ``ctx.emit(...)`` as an :class:`Event` with a re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -36,6 +41,7 @@ RESET_SNAPSHOT = "snapshot"
 class Target(IntEnum):
     """What a rail acts on, in pipeline order."""
 
+    STATISTICS = 0  # which BN statistics normalise this batch (before the forward pass)
     BATCH = 1  # whether this batch updates at all (before the update)
     SAMPLE_WEIGHTS = 2  # the per-sample weights of the loss (before the update)
     GRADIENTS = 3  # the gradients of the loss (after the adapt graph)
@@ -69,6 +75,37 @@ class RailEnv:
     fisher: dict[str, np.ndarray]
     anchor: dict[str, np.ndarray]
     seed: int = 0
+    # (running_mean, running_var, batch_mean, batch_var) graph names of every BatchNorm layer
+    running_stats: tuple[tuple[str, str, str, str], ...] = ()
+
+
+@dataclass
+class StatisticsContext:
+    """The statistics phase of one step: which BN statistics normalise this batch.
+
+    ``forward(bn_alpha, running)`` runs ``infer.onnx`` on the batch with the current parameters, the running
+    statistics in ``running`` (graph name -> array) replacing the current ones, and returns every output
+    (logits and each BN layer's batch mean/var); each distinct call runs once. ``bn_alpha`` is the method's
+    own blend and ``params`` its current graph inputs. A rail calls ``replace(outputs)`` to make a forward
+    at other statistics the batch's predictions; the batch then does not update.
+    """
+
+    batch_index: int
+    bn_alpha: float
+    params: dict[str, np.ndarray]
+    forward: Callable[[float, dict[str, np.ndarray] | None], dict[str, np.ndarray]]
+    replaced: dict[str, np.ndarray] | None = None
+    events: list[Event] = field(default_factory=list)
+
+    def own(self) -> dict[str, np.ndarray]:
+        """The forward at the method's own statistics (reused by the method when nothing replaces it)."""
+        return self.forward(self.bn_alpha, None)
+
+    def replace(self, outputs: dict[str, np.ndarray]) -> None:
+        self.replaced = outputs
+
+    def emit(self, rail: str, kind: str, reason: str, **data: Any) -> None:
+        self.events.append(Event(self.batch_index, rail, kind, reason, data))
 
 
 @dataclass
@@ -120,6 +157,9 @@ class Rail:
 
     def bind(self, env: RailEnv) -> None:
         """Receive deployment facts (class count, source params, Fisher) before the first step."""
+
+    def choose_statistics(self, ctx: StatisticsContext) -> None:
+        pass
 
     def before_update(self, ctx: StepContext) -> None:
         pass

@@ -1,11 +1,13 @@
 """The one rail pipeline every method runs: rails ordered by what they declare they act on.
 
 Order (fixed by the rail classes, never by config order): guard rails first, then by the first
-:class:`~edgetta.safety.base.Target` a rail acts on (batch gates, sample-weight gates, gradient edits,
-proposal edits, resets), then by name. Each phase calls every rail's hook in that order.
+:class:`~edgetta.safety.base.Target` a rail acts on (statistics choice, batch gates, sample-weight gates,
+gradient edits, proposal edits, resets), then by name. Each phase calls every rail's hook in that order.
 
-A method offers the targets it has (a gradient method all of them; BN statistics refresh with a
-momentum: batch gates, proposals of new statistics and resets; frozen and LAME none). A rail that acts
+A method offers the targets it has (a gradient method all of them, the statistics choice only when it
+normalises with test-batch statistics, bn_alpha > 0; BN statistics refresh: the statistics choice when
+bn_alpha > 0, and with a momentum batch gates, proposals of new statistics and resets; frozen and LAME
+none). A rail that acts
 on nothing the method offers is refused with a message, never accepted and silently idle.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgetta.errors import CheckpointError, ConfigError
-from edgetta.safety.base import Rail, StepContext, Target
+from edgetta.safety.base import Rail, StatisticsContext, StepContext, Target
 
 __all__ = ["RailPipeline", "rail_order_key"]
 
@@ -59,10 +61,21 @@ class RailPipeline:
         """True when a rail decides on the batch or the sample weights from the forward pass's entropies."""
         return any(rail.acts_on & {Target.BATCH, Target.SAMPLE_WEIGHTS} for rail in self.rails)
 
+    @property
+    def chooses_statistics(self) -> bool:
+        """True when a rail may choose the BN statistics of a batch before its forward pass."""
+        return any(Target.STATISTICS in rail.acts_on for rail in self.rails)
+
     def remove(self, rail: Rail) -> None:
         self.rails.remove(rail)
 
     # -- phases ----------------------------------------------------------------------------------
+    def choose_statistics(self, ctx: StatisticsContext) -> None:
+        for rail in self.rails:
+            if ctx.replaced is not None:
+                return
+            rail.choose_statistics(ctx)
+
     def before_update(self, ctx: StepContext) -> None:
         for rail in self.rails:
             rail.before_update(ctx)

@@ -15,6 +15,7 @@ from edgetta.safety.collapse import CollapseGuard
 from edgetta.safety.ema_reset import EmaReset
 from edgetta.safety.fisher_anchor import FisherAnchor
 from edgetta.safety.gates import BatchEntropyGate, DiversityGate, EntropyGate
+from edgetta.safety.label_shift import LabelShiftGuard
 from edgetta.safety.nonfinite import NonfiniteGuard
 from edgetta.safety.periodic import PeriodicReset
 from edgetta.safety.restore import StochasticRestore
@@ -35,6 +36,7 @@ RAILS: dict[str, type[Rail]] = {
         PeriodicReset,
         NonfiniteGuard,
         TrustRegion,
+        LabelShiftGuard,
     )
 }
 

@@ -2,6 +2,10 @@
 
 ``Method.step`` for every method, forward-only ones included:
 
+0. when a rail chooses statistics (the method offers ``Target.STATISTICS``: it normalises with test-batch
+   statistics): rails ``choose_statistics`` with a :class:`StatisticsContext`; a rail that replaces the
+   batch's forward (a forward at other BN statistics) fixes the predictions and the batch does not update;
+   otherwise the forward at the method's own statistics it ran is reused by ``forward``;
 1. ``forward``: the pass whose logits are the predictions (Tent semantics: before the update);
 2. when the method adapts and this call may update: a :class:`StepContext`, ``select`` (per-sample
    weights of the loss), rails ``before_update``; unless the batch is skipped: ``gradients`` (gradient
@@ -26,7 +30,7 @@ from edgetta.kernels import entropy as entropy_of
 from edgetta.kernels import softmax
 from edgetta.runtime.optim import Optimizer, make_optimizer
 from edgetta.runtime.state import AdaptState
-from edgetta.safety.base import RESET_SOURCE, Event, RailEnv, StepContext, Target
+from edgetta.safety.base import RESET_SOURCE, Event, RailEnv, StatisticsContext, StepContext, Target
 from edgetta.safety.pipeline import RailPipeline
 
 if TYPE_CHECKING:
@@ -51,6 +55,7 @@ class Method:
     ``gradients`` and ``propose``."""
 
     name = "method"
+    bn_alpha = 0.0  # blend of batch and running BN statistics the method normalises with
 
     def bind(self, engine: Engine, state: AdaptState, rails: RailPipeline, env: RailEnv) -> None:
         self.engine, self.state, self.rails, self.env = engine, state, rails, env
@@ -70,14 +75,26 @@ class Method:
 
     @property
     def adapts(self) -> bool:
-        return bool(self.offers())
+        """True when the method changes the model (choosing statistics alone changes nothing)."""
+        return bool(self.offers() - {Target.STATISTICS})
 
     # -- one step ----------------------------------------------------------------------------------
     def step(self, x: np.ndarray, batch_index: int, update: bool = True) -> StepOutput:
-        out, outputs = self.forward(x, update and self.adapts)
+        self._reuse: dict[str, np.ndarray] | None = None
+        sctx = self.choose_statistics(x, batch_index)
+        held = sctx is not None and sctx.replaced is not None
+        if held:
+            outputs = sctx.replaced
+            out = StepOutput(outputs[LOGITS], entropy_of(outputs[LOGITS]))
+        else:
+            out, outputs = self.forward(x, update and self.adapts)
+        if sctx is not None:
+            out.forward_passes += sctx.forward_passes - (1 if self._reuse_used else 0)
+            out.events.extend(sctx.events)
         if not (update and self.adapts):
             return out
         ctx = self.context(out, batch_index)
+        ctx.skip_update = held
         self.select(ctx)
         self.rails.before_update(ctx)
         if not ctx.skip_update and np.any(ctx.weights > 0):
@@ -99,6 +116,31 @@ class Method:
         out.events.extend(ctx.events)
         self.after_step(x, out, outputs)
         return out
+
+    def choose_statistics(self, x: np.ndarray, batch_index: int) -> _Statistics | None:
+        """Phase 0: rails choose the batch's BN statistics (None when no rail does)."""
+        self._reuse_used = False
+        if not self.rails.chooses_statistics or not self.bn_alpha:
+            return None
+        sctx = _Statistics(batch_index, self.bn_alpha, self.state.params, self._forward_at(x))
+        self.rails.choose_statistics(sctx)
+        self._reuse = sctx.cached(self.bn_alpha, None)
+        return sctx
+
+    def _forward_at(self, x: np.ndarray):
+        params = self.state.params
+
+        def run(bn_alpha: float, running: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+            return self.engine.infer(x, {**params, **running} if running else params, bn_alpha)
+
+        return run
+
+    def own_infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``infer.onnx`` at the method's statistics, reusing the statistics phase's forward when it ran one."""
+        if self._reuse is not None:
+            outputs, self._reuse, self._reuse_used = self._reuse, None, True
+            return outputs
+        return self.engine.infer(x, self.state.params, self.bn_alpha)
 
     def forward(self, x: np.ndarray, update: bool) -> tuple[StepOutput, dict[str, np.ndarray]]:
         raise NotImplementedError
@@ -152,13 +194,37 @@ class Method:
         pass
 
 
+class _Statistics(StatisticsContext):
+    """The statistics context with each distinct forward run once and counted."""
+
+    def __init__(self, batch_index: int, bn_alpha: float, params: dict[str, np.ndarray], run) -> None:
+        self._runs: dict[tuple[float, int], tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray]]] = {}
+        self._run = run
+        super().__init__(batch_index, bn_alpha, params, self._forward)
+
+    def _forward(self, bn_alpha: float, running: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        hit = self.cached(bn_alpha, running)
+        if hit is None:
+            hit = self._run(bn_alpha, running)
+            self._runs[(float(bn_alpha), id(running))] = (running, hit)
+        return hit
+
+    def cached(self, bn_alpha: float, running: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        entry = self._runs.get((float(bn_alpha), id(running)))
+        return entry[1] if entry is not None else None
+
+    @property
+    def forward_passes(self) -> int:
+        return len(self._runs)
+
+
 class ForwardOnlyMethod(Method):
     """Methods that only run ``infer.onnx``: they work on any engine, fixed TensorRT engines included."""
 
     bn_alpha = 0.0
 
     def infer(self, x: np.ndarray) -> tuple[StepOutput, dict[str, np.ndarray]]:
-        outputs = self.engine.infer(x, self.state.params, self.bn_alpha)
+        outputs = self.own_infer(x)
         logits = outputs[LOGITS]
         return StepOutput(logits, entropy_of(logits), forward_passes=1), outputs
 
@@ -214,7 +280,7 @@ class GradientMethod(Method):
         self.needs_preview = self.preview or rails.gates_before_update
 
     def offers(self) -> frozenset[Target]:
-        return ALL_TARGETS
+        return ALL_TARGETS if self.bn_alpha > 0 else ALL_TARGETS - {Target.STATISTICS}
 
     def adapted_names(self) -> list[str]:
         return list(self.state.trainable)
@@ -225,7 +291,7 @@ class GradientMethod(Method):
     def forward(self, x: np.ndarray, update: bool) -> tuple[StepOutput, dict[str, np.ndarray]]:
         self._uniform = None
         if not update or self.needs_preview:
-            outputs = self.engine.infer(x, self.state.params, self.bn_alpha)
+            outputs = self.own_infer(x)
             logits = outputs[LOGITS]
             return StepOutput(logits, entropy_of(logits), forward_passes=1), outputs
         n = x.shape[0]

@@ -24,7 +24,8 @@ class BatchNormAdapt(ForwardOnlyMethod):
     statistics). ``bn_momentum`` > 0: after each batch propose new running statistics as an EMA of the batch
     statistics, mu <- (1-m) mu + m mu_batch (StableSleep: bn_alpha = 0, m = 0.01); the proposal passes the
     rails (batch gates, proposal edits, resets) like a gradient step's. With bn_alpha = 0 a prediction does
-    not depend on its batch, so batch size 1 needs no window.
+    not depend on its batch, so batch size 1 needs no window. With bn_alpha > 0 it offers the statistics
+    choice (``label_shift_guard``: label-correlated batches are normalised with robust statistics).
     """
 
     name = "bn"
@@ -37,15 +38,18 @@ class BatchNormAdapt(ForwardOnlyMethod):
         self.bn_alpha, self.bn_momentum = float(bn_alpha), float(bn_momentum)
 
     def offers(self) -> frozenset[Target]:
+        offered = {Target.STATISTICS} if self.bn_alpha > 0 else set()
         if self.bn_momentum > 0:
-            return frozenset({Target.BATCH, Target.PROPOSAL, Target.RESET})
-        return frozenset()
+            offered |= {Target.BATCH, Target.PROPOSAL, Target.RESET}
+        return frozenset(offered)
 
     def adapted_names(self) -> list[str]:
         return [name for stats in self.state.running_stats for name in stats[:2]]
 
     def propose(self, ctx: StepContext, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         m = self.bn_momentum
+        if m == 0:
+            return None
         proposed = {}
         for running_mean, running_var, batch_mean, batch_var in self.state.running_stats:
             proposed[running_mean] = ((1 - m) * ctx.params[running_mean] + m * outputs[batch_mean]).astype(np.float32)
