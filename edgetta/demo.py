@@ -32,7 +32,6 @@ DEMO_RECIPE = {
         "nonfinite_guard",
         {"name": "fisher_anchor", "beta": 1.0},
         {"name": "collapse_guard", "threshold": 0.2, "max_class_fraction": 0.95},
-        "label_shift_guard",
     ],
 }
 PLOT_MISSING = "demo.png skipped: pip install 'edgetta[plot]'"
