@@ -136,12 +136,15 @@ def test_edgetta_run_with_a_bad_config_prints_one_line_naming_the_key(tmp_path, 
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_reload_is_safe_only_for_log_checkpoint_and_health(tmp_path):
+def test_reload_is_safe_only_for_log_checkpoint_health_and_the_metrics_address(tmp_path):
     old = build_daemon_config(config_with({}), tmp_path)
     safe = build_daemon_config(config_with({"log": {"level": "debug"}, "checkpoint": {"every_items": 7}}), tmp_path)
     assert reload_diff(old, safe) == []
     unsafe = build_daemon_config(config_with({"adapt": {"preset": "eata"}, "streams.0.queue": {"size": 3}}), tmp_path)
     assert reload_diff(old, unsafe) == ["adapt", "streams[0].queue"]
+    moved = build_daemon_config(config_with({"metrics": {"port": 9200}}), tmp_path)
+    assert reload_diff(old, moved) == ["metrics (turned on or off)"]
+    assert reload_diff(moved, build_daemon_config(config_with({"metrics": {"port": 9201}}), tmp_path)) == []
 
 
 EXAMPLES = sorted((REPO / "configs").glob("daemon-*.yaml"))

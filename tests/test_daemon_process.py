@@ -7,6 +7,7 @@ import json
 import random
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from edgetta.daemon.checkpoint import CheckpointStore
 from tests.daemon_helpers import (
     TENT_RAILS,
+    free_port,
     key,
     log_lines,
     records,
@@ -86,19 +88,23 @@ def test_sighup_reloads_safe_keys_and_refuses_the_rest_while_running(tmp_path):
         "preprocess": {"resize": [28, 28], "color": "gray"},
         "output": {"path": "out/cam.jsonl"},
     }
-    path = write_config(tmp_path, [entry])
+    path = write_config(tmp_path, [entry], metrics={"host": "127.0.0.1", "port": 0})
     err = tmp_path / "err.log"
     proc = start_daemon(path, stderr=err)
     wait_for_log(err, "edgetta run: started")
     config = yaml.safe_load(path.read_text())
 
+    port = free_port()
     config["checkpoint"]["every_seconds"] = 5
     config["log"]["level"] = "debug"
+    config["metrics"]["port"] = port
     path.write_text(yaml.safe_dump(config))
     seen = len(log_lines(err))
     proc.send_signal(signal.SIGHUP)
     reloaded = wait_for_log(err, "config reloaded", after=seen)
-    assert reloaded["changed"] == ["log", "checkpoint"]
+    assert reloaded["changed"] == ["log", "checkpoint", "metrics"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+        assert json.loads(response.read())["status"] == "ok"  # the metrics endpoint moved to the new port
 
     config["adapt"] = {**TENT_RAILS, "batch_size": 32}
     path.write_text(yaml.safe_dump(config))

@@ -440,7 +440,8 @@ def load_daemon_config(path: str | Path) -> DaemonConfig:
 
 
 # Keys a SIGHUP may change while streams run; any other change is refused (restart the daemon for it).
-RELOADABLE = ("log", "checkpoint", "health")
+# metrics: its address may change; turning metrics on or off needs a restart.
+RELOADABLE = ("log", "checkpoint", "health", "metrics")
 
 
 def reload_diff(old: DaemonConfig, new: DaemonConfig) -> list[str]:
@@ -451,6 +452,8 @@ def reload_diff(old: DaemonConfig, new: DaemonConfig) -> list[str]:
             continue
         if old.raw.get(key) != new.raw.get(key):
             unsafe.append(key)
+    if (old.metrics is None) != (new.metrics is None):
+        unsafe.append("metrics (turned on or off)")
     old_streams, new_streams = old.raw.get("streams") or [], new.raw.get("streams") or []
     if len(old_streams) != len(new_streams):
         unsafe.append("streams (added or removed)")

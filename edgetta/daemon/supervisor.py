@@ -180,6 +180,18 @@ class Daemon:
         host, port = self.server.address
         log_event(self.log, logging.INFO, f"metrics on http://{host}:{port}/metrics", host=host, port=port)
 
+    def _move_server(self, host: str, port: int) -> None:
+        """Serve /metrics and /healthz at a new address (the old one closes once the new one listens)."""
+        from edgetta.daemon.server import MetricsServer
+
+        server = MetricsServer(host, port, self.metrics.render, self.health)
+        server.start()
+        old, self.server = self.server, server
+        if old is not None:
+            old.stop()
+        host, port = server.address
+        log_event(self.log, logging.INFO, f"metrics on http://{host}:{port}/metrics", host=host, port=port)
+
     def _install_signals(self) -> list[tuple[int, Any]]:
         if threading.current_thread() is not threading.main_thread():
             return []
@@ -311,7 +323,13 @@ class Daemon:
                 config=str(path),
             )
             return
-        changed = [k for k in ("log", "checkpoint", "health") if getattr(new, k) != getattr(self.config, k)]
+        changed = [k for k in ("log", "checkpoint", "health", "metrics") if getattr(new, k) != getattr(self.config, k)]
+        if "metrics" in changed and new.metrics is not None:
+            try:
+                self._move_server(new.metrics.host, new.metrics.port)
+            except EdgettaError as exc:
+                log_event(self.log, logging.WARNING, f"config reload refused: {exc}", config=str(path))
+                return
         self.config = new
         if "log" in changed:
             self.log = setup_logging(new.log)
