@@ -97,8 +97,8 @@ MUTATIONS: dict[str, tuple[str, str, str]] = {
     ),
     "rails on bn never consulted": (
         "edgetta/runtime/methods/forward_only.py",
-        "            return frozenset({Target.BATCH, Target.PROPOSAL, Target.RESET})",
-        "            return frozenset({Target.BATCH, Target.PROPOSAL, Target.RESET}) if False else frozenset()",
+        "            offered |= {Target.BATCH, Target.PROPOSAL, Target.RESET}",
+        "            offered |= set()",
     ),
     "sample weights ignored on the one-call path": (
         "edgetta/runtime/methods/base.py",
