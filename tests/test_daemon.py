@@ -564,6 +564,20 @@ def test_collapse_guard_resets_reach_health_and_metrics_from_real_events(tmp_pat
 # ------------------------------------------------------------------------------- outputs
 
 
+def test_a_stream_counts_at_most_so_many_distinct_skip_reasons():
+    """Reasons that name a frame number would otherwise grow the counts (and every checkpoint) without bound."""
+    from edgetta.daemon.stream import MAX_SKIP_REASONS
+    from edgetta.streams.loop import OTHER_REASONS, StreamRunner
+
+    runner = StreamRunner(
+        Adapter(ART, load_daemon_config_for_tent().streams[0].adapt), max_skip_reasons=MAX_SKIP_REASONS
+    )
+    runner.feed(Item(None, position=i, error=f"frame {i} could not be read") for i in range(300))
+    runner.flush()
+    assert len(runner.skips) == MAX_SKIP_REASONS + 1 and runner.skips[OTHER_REASONS] == 300 - MAX_SKIP_REASONS
+    assert runner.index == 300 and sum(runner.skips.values()) == 300
+
+
 def test_offset_file_truncates_or_keeps_complete_lines(tmp_path):
     path = tmp_path / "o.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": 3}\n{"tor')

@@ -16,6 +16,7 @@ from typing import Any
 from edgetta.daemon.config import HealthConfig
 
 COLLAPSE_RAIL = "collapse_guard"
+MAX_COLLAPSE_TIMES = 1024  # reset times kept per stream (pruned by age when /healthz is asked)
 
 
 @dataclass
@@ -29,7 +30,7 @@ class StreamStatus:
     items: int = 0
     started: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)
-    collapse_resets: deque[float] = field(default_factory=deque)
+    collapse_resets: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_COLLAPSE_TIMES))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def progress(self, now: float | None = None) -> None:

@@ -28,6 +28,7 @@ from edgetta.errors import CheckpointError, ConfigError
 from edgetta.streams.loop import StreamRunner
 from edgetta.streams.records import EventLike, Record
 
+MAX_SKIP_REASONS = 64  # distinct skip reasons a stream counts apart (they go into its checkpoint)
 DEFAULT_FLUSH_AFTER = 0.5  # seconds a live stream's partial batch may wait
 QUIET_EVENTS = frozenset({"gate", "skip", "restore", "bound", "window"})  # logged at debug level
 
@@ -121,7 +122,11 @@ class StreamWorker:
             self.events = EventOutput(self.name, out.events, offset=ck.events_offset if ck else 0, keep_tail=keep)
         sinks: list[Any] = [self.output] + ([self.events] if self.events else []) + [_EventTap(self)]
         self.runner = StreamRunner(
-            self.adapter, sinks, batch_size=self.config.adapt.batch_size, episodic=self.config.adapt.episodic
+            self.adapter,
+            sinks,
+            batch_size=self.config.adapt.batch_size,
+            episodic=self.config.adapt.episodic,
+            max_skip_reasons=MAX_SKIP_REASONS,
         )
         if ck is None:
             self.checkpoint(wait=True)  # a fresh stream has a checkpoint before its first item

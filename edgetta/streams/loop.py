@@ -29,6 +29,7 @@ from edgetta.streams.sinks import Sink
 
 COUNTERS = ("updates", "forward_passes", "backward_passes")
 GATED_FIELDS = ("dropped", "unreliable", "redundant")
+OTHER_REASONS = "other reasons"
 
 
 def method_name(adapter: Any) -> str:
@@ -71,9 +72,10 @@ class StreamRunner:
     source that went quiet). Records and events also go to each sink, events of a batch before its records.
 
     Batches hold ``batch_size`` consecutive items of one domain; a domain change flushes the batch and, when
-    ``episodic``, resets the adapter before the new domain's first batch. :meth:`state`/:meth:`load_state`
-    carry everything that decides future batches and record indices (JSON), so a stream resumed after its
-    last record batches exactly like an uninterrupted one.
+    ``episodic``, resets the adapter before the new domain's first batch. ``max_skip_reasons`` bounds the distinct
+    skip reasons counted apart (a long-running stream whose reasons name frame numbers stays small).
+    :meth:`state`/:meth:`load_state` carry everything that decides future batches and record indices (JSON), so
+    a stream resumed after its last record batches exactly like an uninterrupted one.
     """
 
     def __init__(
@@ -84,12 +86,14 @@ class StreamRunner:
         batch_size: int | None = None,
         episodic: bool = False,
         progress: Progress | None = None,
+        max_skip_reasons: int | None = None,
     ) -> None:
         size = int(batch_size or adapter.config.batch_size)
         if size < 1:
             raise ValueError(f"batch_size must be >= 1, got {size}")
         self.adapter, self.sinks, self.progress = adapter, list(sinks), progress
         self.batch_size, self.episodic = size, episodic
+        self.max_skip_reasons = max_skip_reasons  # distinct reasons counted apart; the rest under OTHER_REASONS
         self.num_classes = int(adapter.artifact.num_classes)
         self.class_names: list[str] = list(adapter.artifact.class_names or [])
         self.pending: list[Item] = []
@@ -128,6 +132,11 @@ class StreamRunner:
         self.domain, self.seen = domain, True
         return self._process(items)
 
+    def _count_skip(self, reason: str) -> None:
+        if self.max_skip_reasons is not None and reason not in self.skips and len(self.skips) >= self.max_skip_reasons:
+            reason = OTHER_REASONS
+        self.skips[reason] += 1
+
     def emit_event(self, event: EventLike) -> None:
         self.events[event.kind] += 1
         if event.kind == "gate":
@@ -157,7 +166,7 @@ class StreamRunner:
                     rec.class_name = self.class_names[rec.pred]
         for rec in records:
             if rec.skip is not None:
-                self.skips[rec.skip] += 1
+                self._count_skip(rec.skip)
             else:
                 self.processed += 1
                 if rec.label is not None:
