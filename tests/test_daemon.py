@@ -578,6 +578,32 @@ def test_a_stream_counts_at_most_so_many_distinct_skip_reasons():
     assert runner.index == 300 and sum(runner.skips.values()) == 300
 
 
+class Unreadable:
+    """A recorded source whose every item fails to decode, each with its own reason (a frame number)."""
+
+    live = False
+    preprocessor = None
+    name = "unreadable"
+
+    def __iter__(self) -> Iterator[Item]:
+        for i in range(300):
+            yield Item(None, position=i, error=f"frame {i} could not be read")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_a_daemon_stream_of_unreadable_items_keeps_its_counts_and_checkpoints_bounded(tmp_path):
+    from edgetta.daemon.stream import MAX_SKIP_REASONS
+
+    path = write_config(tmp_path)
+    summary = run(path, **opening(Unreadable()))
+    assert summary.streams["s0"]["skipped"] == 300 and summary.exit_code == 0
+    assert len(records(tmp_path / "out/s0.jsonl")) == 300  # every item a skip record with its reason
+    runner = CheckpointStore(tmp_path / "state/streams/s0").load().runner
+    assert len(runner["skips"]) == MAX_SKIP_REASONS + 1 and sum(runner["skips"].values()) == 300
+
+
 def test_offset_file_truncates_or_keeps_complete_lines(tmp_path):
     path = tmp_path / "o.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": 3}\n{"tor')
