@@ -7,7 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import numpy as np
 import yaml
 
 import edgetta
+from edgetta.daemon import Daemon, RunSummary, load_daemon_config
 
 ASSETS = Path(edgetta.__file__).parent / "assets"
 REPO = Path(edgetta.__file__).parent.parent
@@ -133,3 +137,45 @@ def wait_for_log(path: Path, text: str, timeout: float = 60.0, after: int = 0) -
                 return row
         time.sleep(0.05)
     raise AssertionError(f"no log line containing {text!r} within {timeout} s; log:\n{path.read_text()[-3000:]}")
+
+
+class Background:
+    """A daemon running in a thread (no signal handlers there); ``stop()`` asks it to drain and exit."""
+
+    def __init__(self, config_path: Path, **kwargs: Any) -> None:
+        self.daemon = Daemon(load_daemon_config(config_path), **kwargs)
+        self.summary: RunSummary | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.daemon.ready.wait(60), "daemon did not start"
+
+    def _run(self) -> None:
+        try:
+            self.summary = self.daemon.run()
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self) -> RunSummary:
+        self.daemon.request_stop("stopped by test")
+        self.thread.join(60)
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def scrape(daemon: Daemon, path: str) -> tuple[int, str]:
+    host, port = daemon.address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()

@@ -26,39 +26,24 @@ from edgetta.errors import CheckpointError
 from edgetta.runtime.adapter import Adapter
 from edgetta.streams import Collector, Item, NpzSource, run_stream
 from tests.conftest import run_without_torch
-from tests.daemon_helpers import ASSETS, free_port, key, records, stream_entry, write_config, write_stream
+from tests.daemon_helpers import (
+    ASSETS,
+    Background,
+    free_port,
+    key,
+    records,
+    scrape,
+    stream_entry,
+    wait_until,
+    write_config,
+    write_stream,
+)
 
 ART = ASSETS / "fmnist_resnet_bn"
 
 
 def run(config_path: Path, **kwargs: Any) -> RunSummary:
     return Daemon(load_daemon_config(config_path), **kwargs).run()
-
-
-class Background:
-    """A daemon running in a thread (no signal handlers there); ``stop()`` asks it to drain and exit."""
-
-    def __init__(self, config_path: Path, **kwargs: Any) -> None:
-        self.daemon = Daemon(load_daemon_config(config_path), **kwargs)
-        self.summary: RunSummary | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.daemon.ready.wait(60), "daemon did not start"
-
-    def _run(self) -> None:
-        try:
-            self.summary = self.daemon.run()
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-
-    def stop(self) -> RunSummary:
-        self.daemon.request_stop("stopped by test")
-        self.thread.join(60)
-        if self.error is not None:
-            raise self.error
-        assert self.summary is not None
-        return self.summary
 
 
 def load_daemon_config_for_tent(tmp: Path | None = None) -> Any:
@@ -391,13 +376,6 @@ def opening(source: Any) -> dict[str, Any]:
     return {"open_source": lambda *args, **kwargs: source}
 
 
-def wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_a_live_partial_batch_is_flushed_after_flush_after_seconds(tmp_path, monkeypatch):
     path = live_config(tmp_path, flush_after=0.2)
     bg = Background(path, **opening(FakeLive(5)))
@@ -466,15 +444,6 @@ def test_a_recorded_source_is_never_dropped_from_even_when_the_model_is_slow(tmp
 
 
 # ------------------------------------------------------------------------------- metrics and health over HTTP
-
-
-def scrape(daemon: Daemon, path: str) -> tuple[int, str]:
-    host, port = daemon.address
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def test_metrics_and_healthz_are_served_over_http_with_the_documented_names_and_labels(tmp_path):

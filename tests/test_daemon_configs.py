@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from edgetta.daemon import Daemon, load_daemon_config
-from tests.daemon_helpers import ASSETS, REPO, free_port, key, records
-from tests.test_daemon import Background, scrape, wait_until
+from tests.daemon_helpers import ASSETS, REPO, Background, free_port, key, records, scrape, wait_until
 
 CONFIGS = REPO / "configs"
 
