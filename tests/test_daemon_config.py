@@ -172,3 +172,20 @@ def test_every_example_config_loads_and_validates(path):
     assert config.streams and all(s.output.path is not None for s in config.streams)
     text = path.read_text()
     assert text.startswith("#") and "Change:" in text  # says what to change
+
+
+def test_a_source_or_preprocess_value_refused_at_start_names_its_key_as_written(tmp_path, capsys):
+    """Source and preprocessing values are checked when the daemon opens the source, before any work."""
+    entry = {
+        "name": "clip",
+        "source": {"kind": "video", "path": "clip.mp4", "seek": "sideways"},
+        "output": {"path": "out/clip.jsonl"},
+    }
+    assert main(["run", str(write_config(tmp_path, [entry]))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgetta run: error: streams[0].source.seek: must be one of") and "\n" not in err
+    entry["source"].pop("seek")
+    entry["preprocess"] = {"colour": "gray"}
+    assert main(["run", str(write_config(tmp_path, [entry]))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgetta run: error: streams[0].preprocess.colour: unknown key") and "\n" not in err

@@ -71,6 +71,8 @@ def open_stream_source(
     full = dict(spec)
     if preprocess:
         full["preprocess"] = preprocess
-    kind = str(spec.get("kind", "")).lower()
-    extra = {"on_event": on_event} if kind in ("camera", "rtsp", "lsl") else {}
-    return open_source(full, stream=stream, artifact=artifact, after=after, **extra)
+    try:
+        return open_source(full, stream=stream, artifact=artifact, after=after, on_event=on_event)
+    except ConfigError as exc:  # preprocess sits next to source in a daemon config: name it where it is written
+        where = f"streams[{stream}]"
+        raise ConfigError(str(exc).replace(f"{where}.source.preprocess", f"{where}.preprocess")) from None

@@ -129,8 +129,7 @@ class StreamWorker:
             max_skip_reasons=MAX_SKIP_REASONS,
         )
         if ck is None:
-            self.checkpoint(wait=True)  # a fresh stream has a checkpoint before its first item
-            return
+            return  # its first checkpoint is committed by start(), once every source opened
         self.resumed_from = ck
         self.seq, self.live, self.last_position = ck.seq, ck.live, ck.position
         self.counters = Counter({k: int(v) for k, v in ck.counters.items()})
@@ -208,11 +207,13 @@ class StreamWorker:
         )
 
     def start(self) -> None:
-        """Start the reader thread (after :meth:`open`)."""
+        """Start the reader thread (after :meth:`open`); a fresh stream first commits its empty checkpoint."""
         self.metrics.queue_depth(self.name, lambda: float(len(self.queue)))
         self.metrics.updates(self.name, 0)
         if self.source is None:
             return
+        if self.resumed_from is None:
+            self.checkpoint(wait=True)  # a fresh stream has a checkpoint before its first item
         self.reader = Reader(
             self.name,
             self.source,
