@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from edgetta.daemon.checkpoint import CheckpointStore
+from edgetta.errors import CheckpointError
 from tests.daemon_helpers import (
     TENT_RAILS,
     free_port,
@@ -41,6 +42,19 @@ def wait_for_lines(path: Path, n: int, proc, timeout: float = 60.0) -> None:
         assert proc.poll() is None, f"daemon exited early with {proc.returncode}"
         assert time.monotonic() < deadline, f"fewer than {n} records after {timeout} s"
         time.sleep(0.02)
+
+
+def position_of(store: CheckpointStore) -> object:
+    """The committed position, read while a daemon may be committing: a manifest read just before a commit
+    can name a state the commit's clean-up removes a moment later, so read again."""
+    for _ in range(100):
+        if not store.exists():
+            return None
+        try:
+            return store.load().position
+        except CheckpointError:
+            time.sleep(0.01)
+    raise AssertionError("the manifest kept naming missing state")
 
 
 def test_sigterm_drains_checkpoints_and_exits_0_with_a_one_line_summary(tmp_path):
@@ -172,7 +186,7 @@ def test_sigkill_at_random_moments_and_resume_equals_one_uninterrupted_run(tmp_p
     )
     kills, mid_run, starts = 0, 0, 0
     while True:
-        committed = store.load().position if store.exists() else None
+        committed = position_of(store)
         seen = len(log_lines(log))
         proc = start_daemon(runs["crashed"])
         starts += 1
@@ -188,7 +202,7 @@ def test_sigkill_at_random_moments_and_resume_equals_one_uninterrupted_run(tmp_p
             # this run committed progress of its own: the kill lands among batches and commits
             wait_for_log(log, "edgetta run: started", after=seen)
             deadline = time.monotonic() + 60
-            while proc.poll() is None and (not store.exists() or store.load().position == committed):
+            while proc.poll() is None and position_of(store) == committed:
                 assert time.monotonic() < deadline, "no checkpoint committed"
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.3))
