@@ -1,5 +1,5 @@
 """Plain-torch reference implementations of Tent, EATA and SAR, written from the papers (and the
-reference sheet /work/shared/design/methods.md) without calling edgetta. The runtime parity tests
+published defaults) without calling edgetta. The runtime parity tests
 (tests/test_runtime_parity.py) run these next to the torch-free runtime on the same stream.
 
 - Tent (Wang et al., ICLR 2021): norm affine parameters only, BatchNorm on batch statistics, loss = mean

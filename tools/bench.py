@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fashion-MNIST-C test-time adaptation benchmark: frozen / bn / lame / tent / eata / sar.
 
-Protocols (docs/benchmarks.md and /work/shared/design/evaluation.md):
+Protocols (docs/benchmarks.md):
 
 * episodic: each of the 15 corruptions at each severity is its own stream; the adapter is reset to the
   source model before every corruption;

@@ -1,6 +1,6 @@
 """Trace the inference and joint (forward + entropy backward) functions into ONNX graphs.
 
-Route (../shared/design/architecture.md): ``make_fx`` with a symbolic batch dimension over
+Route (docs/export.md): ``make_fx`` with a symbolic batch dimension over
 ``torch.func.grad_and_value`` of a functional call (every tensor an input so the batch dimension
 stays symbolic), backward ops decomposed into forward ops (see decompositions.py), then the traced
 graph is wrapped in a module whose frozen weights are buffers (ONNX initializers) and exported with
