@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -222,6 +223,7 @@ def soak_child(seconds: float, preset: str) -> dict[str, Any]:
             scrapes += 1
     daemon.request_stop("soak over")
     thread.join(120)
+    shutil.rmtree(folder, ignore_errors=True)  # the output of a long soak runs to hundreds of MB
     warm = max(30.0, 0.1 * seconds)
     after = [(t, r) for t, r, _ in samples if t >= warm] or [(t, r) for t, r, _ in samples[-2:]]
     ts, rs = np.array([t for t, _ in after]), np.array([r for _, r in after])
