@@ -4,8 +4,9 @@ commands (inspect, replay, demo) never import torch."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from edgetta import __version__
 from edgetta.errors import ConfigError, EdgettaError
@@ -233,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items", type=int, metavar="N", help="end each stream after N items of this run (tests)")
     p.set_defaults(func=cmd_run)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    for module_name in _COMMAND_GROUPS:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+# Command groups that live next to their feature: each module has ``register(subparsers)`` and imports
+# nothing heavy at module level (the feature's own imports happen inside the command functions).
+_COMMAND_GROUPS: tuple[str, ...] = ("edgetta.sleep.cli", "edgetta.sync.cli", "edgetta.cloud.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

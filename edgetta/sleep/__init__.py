@@ -1,0 +1,1 @@
+"""Sleep staging from one EEG lead: Sleep-EDF reading, the synthetic cohort, the StableSleep recipe, metrics."""

@@ -1,0 +1,9 @@
+"""``edgetta sleep ...`` commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this group's subcommands to the ``edgetta`` parser (none yet)."""
