@@ -27,3 +27,17 @@ class DataError(EdgettaError):
 
 class OutputError(EdgettaError):
     """An output location cannot be created or written."""
+
+
+class SigningKeyError(EdgettaError):
+    """A signing or verification key file is missing, unreadable, of the wrong kind or would be overwritten."""
+
+
+class BundleRejected(EdgettaError):
+    """A parameter bundle was refused. ``code``: a stable machine-readable reason (``bad_signature``,
+    ``stale_version``, ... see docs/bundles.md); the message says what was wrong and what to do."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
