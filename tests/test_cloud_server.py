@@ -1,0 +1,292 @@
+"""edgetta cloud serve's HTTP API on a real uvicorn (127.0.0.1, a free port) with a real httpx client.
+
+The learner behind it here is a small recording stand-in (the CEMA learner has its own tests); everything
+else (auth, limits, validation, the queue, versioned bundles on disk) is the production code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+pytest.importorskip("fastapi")
+
+from edgetta.cloud.auth import RateLimiter, Tokens  # noqa: E402
+from edgetta.cloud.server import Service, create_app, uvicorn_server  # noqa: E402
+from edgetta.cloud.store import BundleStore  # noqa: E402
+from edgetta.cloud.uploads import UploadSpec  # noqa: E402
+from edgetta.cloud.worker import LearnerWorker  # noqa: E402
+
+BASE = "ab" * 32
+SHAPE = (1, 28, 28)
+MAX_BYTES = 256 * 1024
+ADMIN = "admin-token-0123456789"
+DEVICES = {f"cam-{i:02d}": f"device-token-{i:02d}-abcdefgh" for i in range(40)}
+
+
+class RecordingLearner:
+    """Learns nothing: keeps what arrived; a "step" per 8 samples; params move with the samples seen."""
+
+    def __init__(self) -> None:
+        self.received: list[np.ndarray] = []
+        self.pending = 0
+        self.steps = 0
+        self.block = threading.Event()
+        self.block.set()
+
+    def add(self, x: np.ndarray) -> None:
+        self.block.wait(10)
+        self.received.append(x)
+        self.pending += len(x)
+
+    def step(self) -> bool:
+        if self.pending < 8:
+            return False
+        self.pending -= 8
+        self.steps += 1
+        return True
+
+    def replay_step(self) -> bool:
+        return False
+
+    def params(self) -> dict[str, np.ndarray]:
+        n = sum(len(x) for x in self.received)
+        return {"bn1.weight": np.full(16, 1.0 + n, np.float32), "bn1.bias": np.zeros(16, np.float32)}
+
+
+def _signer(params, version: int) -> bytes:
+    return f"bundle {version} ".encode() + save({k: np.asarray(v) for k, v in params.items()})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    def __init__(self, tmp: Path, publish_every: int = 0, max_queue: int = 64) -> None:
+        self.learner = RecordingLearner()
+        self.store = BundleStore(tmp / "state", _signer)
+        self.worker = LearnerWorker(self.learner, self.store, publish_every=publish_every, max_queue=max_queue)
+        tokens = Tokens.from_mapping({"devices": DEVICES, "admin": ADMIN})
+        spec = UploadSpec(sample_shape=SHAPE, base_sha256=BASE, max_samples=64, max_bytes=MAX_BYTES)
+        self.service = Service(spec, tokens, self.store, self.worker, RateLimiter(rate=0.5, burst=20))
+        self.port = _free_port()
+        self.server = uvicorn_server(create_app(self.service), "127.0.0.1", self.port)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Running:
+        self.worker.start()
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.worker.stop()
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory) -> Iterator[Running]:
+    with Running(tmp_path_factory.mktemp("cloud")) as running:
+        yield running
+
+
+_next_device = iter(DEVICES)
+
+
+@pytest.fixture
+def device() -> tuple[str, dict[str, str]]:
+    """A device of its own for each test (rate-limit buckets are per device)."""
+    name = next(_next_device)
+    return name, {"Authorization": f"Bearer {DEVICES[name]}"}
+
+
+def upload(n: int = 4, shape=SHAPE, dtype=np.float32, device: str = "cam-00", base: str = BASE, seq: int = 0, **extra):
+    tensors = {"x": np.random.default_rng(seq).standard_normal((n, *shape)).astype(dtype)}
+    tensors.update(extra)
+    meta = {"device_id": device, "base_sha256": base, "batch_seq": str(seq)}
+    return save(tensors, metadata=meta)
+
+
+def test_upload_accepted_reaches_learner(cloud, device):
+    name, auth = device
+    before = cloud.worker.samples
+    r = httpx.post(f"{cloud.url}/v1/samples", content=upload(5, device=name, seq=1), headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 5}
+    body = gzip.compress(upload(3, device=name, seq=2, entropy=np.ones(3, np.float32)))
+    r = httpx.post(f"{cloud.url}/v1/samples", content=body, headers={**auth, "Content-Encoding": "gzip"})
+    assert r.json() == {"accepted": 3}
+    assert cloud.worker.wait_idle(10)
+    assert cloud.worker.samples == before + 8
+    # a retried upload (same batch_seq) is acknowledged once, not learned twice
+    r = httpx.post(f"{cloud.url}/v1/samples", content=upload(5, device=name, seq=1), headers=auth)
+    assert r.json() == {"accepted": 5, "duplicate": True}
+    assert cloud.worker.wait_idle(10) and cloud.worker.samples == before + 8
+
+
+@pytest.mark.parametrize("token", [None, "Bearer wrong-token-000000000", "Basic " + DEVICES["cam-00"], ADMIN])
+def test_upload_needs_device_token(cloud, token):
+    headers = {"Authorization": token} if token else {}
+    r = httpx.post(f"{cloud.url}/v1/samples", content=upload(2), headers=headers)
+    assert r.status_code == 401
+    assert "token" in r.json()["error"]
+    for path in ("/v1/bundles/latest", "/v1/bundles/1"):
+        if token != ADMIN:
+            assert httpx.get(f"{cloud.url}{path}", headers=headers).status_code == 401
+
+
+def test_oversize_body_refused(cloud, device):
+    name, auth = device
+    big = b"\0" * (MAX_BYTES + 1)
+    r = httpx.post(f"{cloud.url}/v1/samples", content=big, headers=auth)
+    assert r.status_code == 413
+    # chunked (no Content-Length): refused while streaming
+    r = httpx.post(f"{cloud.url}/v1/samples", content=iter([b"\0" * 65536] * 8), headers=auth)
+    assert r.status_code == 413
+    # too many samples is a count problem, not a size one
+    r = httpx.post(f"{cloud.url}/v1/samples", content=upload(65, device=name), headers=auth)
+    assert r.status_code in (413, 422)
+
+
+def test_gzip_bomb_refused(cloud, device):
+    name, auth = device
+    bomb = gzip.compress(b"\0" * (16 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < MAX_BYTES
+    r = httpx.post(f"{cloud.url}/v1/samples", content=bomb, headers={**auth, "Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    assert "decoded" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"shape": (1, 28, 27)}, "shape"),
+        ({"shape": (3, 28, 28)}, "shape"),
+        ({"dtype": np.float64}, "dtype"),
+        ({"dtype": np.float16}, "dtype"),
+        ({"n": 65}, "samples"),
+        ({"base": "cd" * 32}, "base"),
+        ({"device": "cam-39"}, "device_id"),
+        ({"entropy": np.ones(3, np.float32)}, "entropy"),
+        ({"y": np.zeros(4, np.int64)}, "unexpected"),
+    ],
+)
+def test_invalid_upload_is_422(cloud, device, kwargs, words):
+    name, auth = device
+    before = cloud.worker.samples
+    kwargs.setdefault("device", name)
+    r = httpx.post(f"{cloud.url}/v1/samples", content=upload(**kwargs), headers=auth)
+    assert r.status_code == 422, r.text
+    assert words in r.json()["error"]
+    assert cloud.worker.wait_idle(5) and cloud.worker.samples == before
+
+
+def test_malformed_bodies_are_422(cloud, device):
+    name, auth = device
+    x = np.zeros((2, *SHAPE), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    nan = save({"x": x}, metadata={"device_id": name, "base_sha256": BASE, "batch_seq": "0"})
+    no_meta = save({"x": np.zeros((2, *SHAPE), np.float32)})
+    for body, words in [(b"not safetensors", "header"), (nan, "NaN"), (no_meta, "metadata"), (upload()[:-10], "")]:
+        r = httpx.post(f"{cloud.url}/v1/samples", content=body, headers=auth)
+        assert r.status_code == 422, (words, r.text)
+        assert words in r.json()["error"]
+    r = httpx.post(f"{cloud.url}/v1/samples", content=b"\x1f\x8b junk", headers={**auth, "Content-Encoding": "gzip"})
+    assert r.status_code == 422
+
+
+def test_rate_limit_per_device(cloud, device):
+    name, auth = device
+    codes = [
+        httpx.post(f"{cloud.url}/v1/samples", content=upload(1, device=name, seq=i), headers=auth).status_code
+        for i in range(25)
+    ]
+    assert codes[:20] == [200] * 20  # the burst
+    limited = httpx.post(f"{cloud.url}/v1/samples", content=upload(1, device=name, seq=99), headers=auth)
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    other = next(_next_device)  # another device is not affected
+    r = httpx.post(
+        f"{cloud.url}/v1/samples",
+        content=upload(1, device=other, seq=0),
+        headers={"Authorization": f"Bearer {DEVICES[other]}"},
+    )
+    assert r.status_code == 200
+
+
+def test_full_learner_queue_answers_429_without_waiting(tmp_path):
+    with Running(tmp_path, max_queue=1) as running:
+        running.learner.block.clear()  # the learner is stuck in a long step
+        auth = {"Authorization": f"Bearer {DEVICES['cam-00']}"}
+        codes = []
+        start = time.monotonic()
+        for seq in range(4):
+            codes.append(httpx.post(f"{running.url}/v1/samples", content=upload(2, seq=seq), headers=auth).status_code)
+        assert time.monotonic() - start < 5  # no request waited for training
+        assert 429 in codes and codes[0] == 200
+        running.learner.block.set()
+
+
+def test_healthz_publish_latest_download(cloud):
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    r = httpx.get(f"{cloud.url}/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    before = r.json()["latest_version"]
+    device_auth = {"Authorization": f"Bearer {DEVICES['cam-00']}"}
+    assert httpx.post(f"{cloud.url}/v1/publish", headers=device_auth).status_code == 403
+    assert httpx.post(f"{cloud.url}/v1/publish").status_code == 401
+    published = httpx.post(f"{cloud.url}/v1/publish", headers=admin)
+    assert published.status_code == 200
+    info = published.json()
+    assert info["version"] == (before or 0) + 1
+    assert httpx.get(f"{cloud.url}/healthz").json()["latest_version"] == info["version"]
+    latest = httpx.get(f"{cloud.url}/v1/bundles/latest", headers=device_auth).json()
+    assert latest == info and latest["url"] == f"/v1/bundles/{info['version']}"
+    data = httpx.get(f"{cloud.url}{latest['url']}", headers=device_auth).content
+    assert len(data) == info["size"]
+    import hashlib
+
+    assert hashlib.sha256(data).hexdigest() == info["sha256"]
+    assert httpx.get(f"{cloud.url}/v1/bundles/{info['version'] + 5}", headers=device_auth).status_code == 404
+
+
+def test_no_bundle_yet_is_204_and_versions_survive_restart(tmp_path):
+    auth = {"Authorization": f"Bearer {DEVICES['cam-00']}"}
+    with Running(tmp_path) as running:
+        assert httpx.get(f"{running.url}/v1/bundles/latest", headers=auth).status_code == 204
+        assert httpx.get(f"{running.url}/healthz").json()["latest_version"] is None
+        for _ in range(2):
+            httpx.post(f"{running.url}/v1/publish", headers={"Authorization": f"Bearer {ADMIN}"})
+    with Running(tmp_path) as running:  # same state dir: numbering continues
+        assert httpx.get(f"{running.url}/v1/bundles/latest", headers=auth).json()["version"] == 2
+        r = httpx.post(f"{running.url}/v1/publish", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.json()["version"] == 3
+        assert running.store.last_params() is not None
+
+
+def test_publishes_every_k_steps(tmp_path):
+    with Running(tmp_path, publish_every=2) as running:
+        auth = {"Authorization": f"Bearer {DEVICES['cam-00']}"}
+        for seq in range(4):  # 4 x 8 samples = 4 steps -> 2 bundles
+            r = httpx.post(f"{running.url}/v1/samples", content=upload(8, seq=seq), headers=auth)
+            assert r.status_code == 200
+        assert running.worker.wait_idle(10)
+        assert running.learner.steps == 4
+        assert running.store.latest is not None and running.store.latest.version == 2
