@@ -6,10 +6,12 @@ else (auth, limits, validation, the queue, versioned bundles on disk) is the pro
 
 from __future__ import annotations
 
+import functools
 import gzip
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ pytest.importorskip("fastapi")
 from edgetta.cloud.auth import RateLimiter, Tokens  # noqa: E402
 from edgetta.cloud.server import Service, create_app, uvicorn_server  # noqa: E402
 from edgetta.cloud.store import BundleStore  # noqa: E402
-from edgetta.cloud.uploads import UploadSpec  # noqa: E402
+from edgetta.cloud.uploads import UploadError, UploadSpec, gunzip_limited  # noqa: E402
 from edgetta.cloud.worker import LearnerWorker  # noqa: E402
 
 BASE = "ab" * 32
@@ -165,9 +167,27 @@ def test_oversize_body_refused(cloud, device):
     assert r.status_code in (413, 422)
 
 
+@functools.cache
+def gzip_bomb() -> bytes:
+    return gzip.compress(b"\0" * (32 * 1024 * 1024), compresslevel=9)
+
+
+def test_gzip_bomb_never_expands_in_memory():
+    bomb = gzip_bomb()
+    tracemalloc.start()
+    try:
+        with pytest.raises(UploadError) as err:
+            gunzip_limited(bomb, 1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.status == 413
+    assert peak < 4 * 1024 * 1024  # the 32 MiB payload was never decoded in full
+
+
 def test_gzip_bomb_refused(cloud, device):
     name, auth = device
-    bomb = gzip.compress(b"\0" * (16 * 1024 * 1024), compresslevel=9)
+    bomb = gzip_bomb()
     assert len(bomb) < MAX_BYTES
     r = httpx.post(f"{cloud.url}/v1/samples", content=bomb, headers={**auth, "Content-Encoding": "gzip"})
     assert r.status_code == 413
