@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetta.contract import LOGITS, Artifact, load_artifact
-from edgetta.errors import CheckpointError
+from edgetta.errors import CheckpointError, DataError
 from edgetta.kernels import entropy as entropy_of
 from edgetta.runtime.checkpoint import load_checkpoint, save_checkpoint
 from edgetta.runtime.config import RuntimeConfig, build_method
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgetta")
 RUNTIME = "runtime"
+SOURCE_PREFIX = "source/"  # checkpoint tensors of source parameters set by set_source_params
 
 
 @dataclass
@@ -71,20 +73,28 @@ class Adapter:
         self._windowed: bool | None = None
         self._preprocess_noted = False
         self._fallbacks_seen = 0
+        self._source_override: dict[str, np.ndarray] = {}  # set_source_params: tensors replacing the artifact's
+        self.source_version: int | None = None
         self._build()
         self._note_start()
 
     # -- construction --------------------------------------------------------------------------------
     def _build(self) -> None:
-        """Fresh state at the source, a fresh method and rails: used at start and after a failed restore."""
+        """Fresh state at the source, a fresh method and rails: used at start and after a failed restore.
+        The source is the artifact's parameters with any set by :meth:`set_source_params` in their place."""
         self.state = AdaptState.from_artifact(self.artifact)
+        if self._source_override:
+            self.state.source.update({k: v.copy() for k, v in self._source_override.items()})
+            self.state.params = {k: v.copy() for k, v in self.state.source.items()}
+        anchor = dict(self.artifact.anchor)
+        anchor.update({k: v for k, v in self._source_override.items() if k in anchor})
         self.method: Method = build_method(self.config.method, self.config.method_args)
         self.rails = RailPipeline(build_rails(self.config.rails), self.method.offers(), self.config.method)
         env = RailEnv(
             num_classes=self.artifact.num_classes,
             source=dict(self.state.source),
             fisher=self.artifact.fisher,
-            anchor=self.artifact.anchor,
+            anchor=anchor,
             seed=self.config.seed,
             running_stats=tuple(self.state.running_stats),
         )
@@ -209,9 +219,40 @@ class Adapter:
         self.event_counts["reset"] += 1
         return event
 
+    def set_source_params(self, params: Mapping[str, np.ndarray], version: int | None = None) -> Event:
+        """Make the artifact's parameters with ``params`` in place of the named tensors the new source (a
+        signed bundle's content, docs/bundles.md) and reset to it: current parameters, optimiser, rails and
+        window start over from the new source, and later resets and rails restore to it. Each call starts
+        from the artifact's own values, so tensors a bundle does not carry keep the artifact's values.
+        ``version``: the bundle version, kept in checkpoints. The event is also delivered with the next result."""
+        problems = [
+            f"{k!r} is not a parameter of this artifact"
+            if k not in self.artifact.params
+            else f"{k!r} has shape {np.shape(v)}, the artifact's is {self.artifact.params[k].shape}"
+            for k, v in params.items()
+            if k not in self.artifact.params or np.shape(v) != self.artifact.params[k].shape
+        ]
+        values = {k: np.array(v, dtype=np.float32, copy=True) for k, v in params.items()} if not problems else {}
+        if any(not np.isfinite(v).all() for v in values.values()):
+            problems.append("values are not all finite")
+        if problems:
+            raise DataError("cannot set source parameters: " + "; ".join(problems))
+        self._source_override, self.source_version = values, version
+        self._build()
+        event = Event(
+            self.batches,
+            RUNTIME,
+            "source",
+            f"new source parameters ({len(values)} tensors, bundle version {version}); adaptation restarts from them",
+            {"version": version, "tensors": len(values)},
+        )
+        self._pending.append(event)
+        return event
+
     # -- checkpoints -----------------------------------------------------------------------------------
     def checkpoint_payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         tensors = {f"params/{k}": v for k, v in self.state.params.items()}
+        tensors.update({f"{SOURCE_PREFIX}{k}": v for k, v in self._source_override.items()})
         method_tensors, method_meta = self.method.method_state()
         tensors.update({f"method/{k}": v for k, v in method_tensors.items()})
         rail_tensors, rails_meta = self.rails.state()
@@ -232,6 +273,8 @@ class Adapter:
             "totals": dict(self.totals),
             "events": dict(self.event_counts),
         }
+        if self._source_override or self.source_version is not None:
+            meta["source_version"] = self.source_version
         return tensors, meta
 
     def save(self, path: str | Path) -> None:
@@ -240,12 +283,21 @@ class Adapter:
 
     def restore(self, path: str | Path) -> None:
         """Load a checkpoint, all of it or nothing: on any problem the whole state (parameters, statistics,
-        optimiser, rails, window) is back at the source and a CheckpointError names the cause."""
+        optimiser, rails, window) is back at the source and a CheckpointError names the cause. Source
+        parameters set by :meth:`set_source_params` come back with the checkpoint that holds them."""
+        before = (self._source_override, self.source_version)
         try:
             tensors, meta = load_checkpoint(path, artifact_id=self.artifact.identity)
             self._check(path, tensors, meta)
+            source = {k[len(SOURCE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SOURCE_PREFIX)}
+            version = meta.get("source_version")
+            if source or before[0] or version != before[1]:
+                self._source_override = {k: np.array(v, np.float32, copy=True) for k, v in source.items()}
+                self.source_version = None if version is None else int(version)
+                self._build()
             self._load(tensors, meta)
         except Exception as exc:
+            self._source_override, self.source_version = before
             self._build()
             if isinstance(exc, CheckpointError):
                 raise
@@ -263,6 +315,11 @@ class Adapter:
             np.shape(v) != np.shape(self.state.source[k]) for k, v in params.items()
         ):
             raise CheckpointError(f"checkpoint {path} does not hold this artifact's parameters")
+        source = {k[len(SOURCE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SOURCE_PREFIX)}
+        if any(
+            k not in self.state.source or np.shape(v) != np.shape(self.artifact.params[k]) for k, v in source.items()
+        ):
+            raise CheckpointError(f"checkpoint {path} holds source parameters this artifact does not have")
         try:
             self.rails.check_state(meta.get("rails") or {})
         except CheckpointError as exc:
