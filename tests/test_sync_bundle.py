@@ -86,7 +86,11 @@ def signed(key, payload: bytes, artifact, **overrides) -> bytes:
     }
     meta.update(overrides)
     meta = {k: v for k, v in meta.items() if v != "<drop>"}
-    return sign_frame(canonical_json(meta), payload, key)
+    raw = canonical_json({k: (0.0 if v == "<inf>" else v) for k, v in meta.items()})
+    for k, v in meta.items():
+        if v == "<inf>":  # a number JSON readers turn into infinity
+            raw = raw.replace(f'"{k}":0.0'.encode(), f'"{k}":1e400'.encode())
+    return sign_frame(raw, payload, key)
 
 
 def rejected(data: bytes, artifact, key, **kwargs) -> BundleRejected:
@@ -333,6 +337,7 @@ def test_pickle_payload_is_never_unpickled(artifact, key):
         {"base_sha256": "ABC"},
         {"created": "yesterday"},
         {"expires": NOW - 1},
+        {"created": "<inf>"},
         {"key_id": "<drop>"},
         {"created": "<drop>"},
         {"extra": 1},

@@ -224,6 +224,50 @@ def test_damaged_active_slot_falls_back_to_previous(device, artifact, key, x):
     np.testing.assert_array_equal(after.recovery.params["bn1.weight"], first["bn1.weight"])
 
 
+def test_full_disk_while_staging_or_committing_changes_nothing(device, artifact, key, x, monkeypatch):
+    import edgetta.sync.slots as slots
+
+    adapter, store = device
+    assert apply(store, adapter, key, make(artifact, key, scaled(artifact, 1.02), 1), x[:64]).committed
+    before = adapter.process(x[:64]).logits
+    on_disk = store.state_path.read_bytes()
+    real = slots.write_atomic
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(slots, "write_atomic", full)
+    result = apply(store, adapter, key, make(artifact, key, scaled(artifact, 1.03), 2), x[:64])
+    assert result.outcome == "rolled_back" and result.code == "stage_failed" and "No space" in result.reason
+
+    def state_write_fails(path, data):
+        if Path(path).name == "state.json":
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(slots, "write_atomic", state_write_fails)
+    result = apply(store, adapter, key, make(artifact, key, scaled(artifact, 1.03), 2), x[:64])
+    assert result.outcome == "rolled_back" and result.code == "commit_failed"
+    assert store.active == "a" and store.applied_version == 1 and adapter.source_version == 1
+    assert store.state_path.read_bytes() == on_disk
+    np.testing.assert_array_equal(adapter.process(x[:64]).logits, before)
+    monkeypatch.setattr(slots, "write_atomic", real)
+    assert SlotStore(store.root, artifact).recovery.version == 1
+
+
+def test_unreadable_slot_state_is_a_clear_error(tmp_path, artifact):
+    from edgetta.errors import CheckpointError
+
+    folder = tmp_path / "slots"
+    store = SlotStore(folder, artifact)
+    store.note("rejected", None, "expired", "test")
+    state = json.loads(store.state_path.read_text())
+    for bad in ({**state, "active": "c"}, {**state, "applied_version": "7"}, {"format": "other"}):
+        store.state_path.write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match="delete it|not an edgetta slot state"):
+            SlotStore(folder, artifact)
+
+
 def test_slots_for_another_base_start_again(tmp_path, device, artifact, key, x):
     adapter, store = device
     assert apply(store, adapter, key, make(artifact, key, scaled(artifact, 1.02), 1), x[:64]).committed
@@ -329,3 +373,28 @@ def test_checkpoint_keeps_source_and_version(tmp_path, artifact, x):
     other.restore(tmp_path / "plain.safetensors")
     assert other.source_version is None
     np.testing.assert_array_equal(other.state.source["bn1.weight"], artifact.params["bn1.weight"])
+
+
+def test_keys_bundles_and_slots_never_import_torch(tmp_path):
+    from tests.conftest import run_without_torch
+
+    body = f"""
+import numpy as np
+from edgetta.contract import load_artifact
+from edgetta.runtime.adapter import Adapter
+from edgetta.runtime.config import load_config
+from edgetta.sync.bundle import create_bundle
+from edgetta.sync.keys import generate_keypair, load_private_key
+from edgetta.sync.slots import SlotStore, apply_bundle
+artifact = load_artifact({str(ASSET)!r})
+private, public = generate_keypair({str(tmp_path / "k")!r})
+params = {{n: artifact.params[n] * np.float32(1.01) for n in artifact.trainable_names}}
+data = create_bundle(artifact, params, version=1, private_key=load_private_key(private))
+adapter = Adapter(artifact, load_config(preset="frozen"))
+window = np.random.default_rng(0).normal(size=(32, 1, 28, 28)).astype(np.float32)
+store = SlotStore({str(tmp_path / "slots")!r}, artifact)
+result = apply_bundle(data, store=store, adapter=adapter, trusted_keys=[public], window=window)
+rc = 0 if result.committed else 1
+"""
+    result = run_without_torch(body, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

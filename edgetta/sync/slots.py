@@ -205,6 +205,10 @@ class Recovery:
     note: str
 
 
+def _is_version(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _empty_state(base: str) -> dict[str, Any]:
     return {
         "format": STATE_FORMAT,
@@ -265,8 +269,11 @@ class SlotStore:
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
             raise CheckpointError(f"{self.state_path} is not an edgetta slot state (format {STATE_FORMAT!r})")
         missing = [k for k in ("base_sha256", "active", "applied_version", "slots", "last") if k not in data]
-        if missing or not isinstance(data["slots"], dict):
+        if missing or not isinstance(data["slots"], dict) or set(data["slots"]) != set(SLOTS):
             raise CheckpointError(f"{self.state_path} is incomplete (missing {missing}); delete it to start again")
+        applied = data["applied_version"]
+        if data["active"] not in (None, *SLOTS) or not (applied is None or _is_version(applied)):
+            raise CheckpointError(f"{self.state_path} names an unknown slot or version; delete it to start again")
         return data
 
     def _load_slot(self, slot: str) -> dict[str, np.ndarray] | None:
@@ -300,7 +307,7 @@ class SlotStore:
             return Recovery(None, None, None, "no bundle applied yet")
         if state["base_sha256"] != self.base:
             self.state = _empty_state(self.base)
-            self._write_state()
+            self._persist()
             return Recovery(None, None, None, "slots held bundles for another base artifact; starting again")
         self.state = state
         active = state["active"]
@@ -315,7 +322,7 @@ class SlotStore:
         fallback = self._load_slot(other)
         self.state["active"] = other if fallback is not None else None
         self.state["slots"][active] = None
-        self._write_state()
+        self._persist()
         if fallback is not None:
             version = state["slots"][other]["version"]
             note = f"slot {active} is damaged; back on slot {other}, bundle version {version}"
@@ -330,8 +337,11 @@ class SlotStore:
         return None if self.active is None else self._load_slot(self.active)
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def _write_state(self) -> None:
-        write_atomic(self.state_path, json.dumps(self.state, indent=1, sort_keys=True).encode() + b"\n")
+    def _write_state(self, state: dict[str, Any] | None = None) -> None:
+        """Persist ``state`` (default: the current one); the in-memory state changes only once it is on disk."""
+        state = self.state if state is None else state
+        write_atomic(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode() + b"\n")
+        self.state = state
 
     def stage(self, bundle: VerifiedBundle) -> Staged:
         """Write the bundle's tensors into the inactive slot (the active one is never touched)."""
@@ -351,22 +361,34 @@ class SlotStore:
                 "stale_version", f"version {staged.version} is not newer than the applied {self.applied_version}"
             )
         at = time.time() if now is None else now
-        self.state["slots"][staged.slot] = {
-            "version": staged.version,
-            "sha256": staged.sha256,
-            "key_id": staged.key_id,
-            "committed_at": at,
-        }
-        self.state["active"] = staged.slot
-        self.state["applied_version"] = staged.version
-        self.state["last"] = {"outcome": "committed", "version": staged.version, "code": "ok", "reason": "", "at": at}
-        self._write_state()
+        record = {"version": staged.version, "sha256": staged.sha256, "key_id": staged.key_id, "committed_at": at}
+        self._write_state(
+            {
+                **self.state,
+                "slots": {**self.state["slots"], staged.slot: record},
+                "active": staged.slot,
+                "applied_version": staged.version,
+                "last": {"outcome": "committed", "version": staged.version, "code": "ok", "reason": "", "at": at},
+            }
+        )
+
+    def _persist(self) -> None:
+        """Best effort write of the repaired state at start (the next commit writes it again)."""
+        try:
+            self._write_state()
+        except OSError as exc:
+            log.warning("edgetta sync: could not write %s (%s)", self.state_path, exc)
 
     def note(self, outcome: str, version: int | None, code: str, reason: str, now: float | None = None) -> None:
-        """Record a refusal (``rejected`` by verification, ``rolled_back`` by the health check)."""
+        """Record a refusal (``rejected`` by verification, ``rolled_back`` by the health check). Best effort:
+        a full disk must not stop the device, so a failed write is logged and the outcome kept in memory."""
         at = time.time() if now is None else now
-        self.state["last"] = {"outcome": outcome, "version": version, "code": code, "reason": reason, "at": at}
-        self._write_state()
+        last = {"outcome": outcome, "version": version, "code": code, "reason": reason, "at": at}
+        try:
+            self._write_state({**self.state, "last": last})
+        except OSError as exc:
+            log.warning("edgetta sync: could not record the %s outcome in %s (%s)", outcome, self.state_path, exc)
+            self.state = {**self.state, "last": last}
 
 
 # -- the apply ------------------------------------------------------------------------------------------------
@@ -388,6 +410,19 @@ class ApplyResult:
         return asdict(self)
 
 
+def _roll_back(
+    store: SlotStore,
+    bundle: VerifiedBundle,
+    code: str,
+    reason: str,
+    stats: dict[str, float] | None = None,
+    now: float | None = None,
+) -> ApplyResult:
+    store.note("rolled_back", bundle.version, code, reason, now=now)
+    log.warning("edgetta sync: bundle version %s rolled back (%s): %s", bundle.version, code, reason)
+    return ApplyResult("rolled_back", code, reason, bundle.version, stats or {})
+
+
 def apply_verified(
     bundle: VerifiedBundle,
     *,
@@ -399,13 +434,17 @@ def apply_verified(
 ) -> ApplyResult:
     """Stage ``bundle`` into the inactive slot, check it on ``window``, then commit it and make its tensors the
     adapter's source parameters, or roll back and keep running on the current ones."""
-    staged = store.stage(bundle)
+    try:
+        staged = store.stage(bundle)
+    except OSError as exc:  # a full or read-only disk: nothing changed, try again later
+        return _roll_back(store, bundle, "stage_failed", f"cannot write slot in {store.root} ({exc})", now=now)
     report = check_candidate(adapter, bundle.params, window, policy)
     if not report.ok:
-        store.note("rolled_back", bundle.version, report.code, report.reason, now=now)
-        log.warning("edgetta sync: bundle version %s rolled back: %s", bundle.version, report.reason)
-        return ApplyResult("rolled_back", report.code, report.reason, bundle.version, report.stats)
-    store.commit(staged, now=now)
+        return _roll_back(store, bundle, report.code, report.reason, report.stats, now=now)
+    try:
+        store.commit(staged, now=now)
+    except OSError as exc:  # state.json was not replaced: the previous slot is still the committed one
+        return _roll_back(store, bundle, "commit_failed", f"cannot write {store.state_path} ({exc})", now=now)
     adapter.set_source_params(bundle.params, version=bundle.version)
     log.info("edgetta sync: bundle version %s applied from slot %s", bundle.version, staged.slot)
     return ApplyResult("committed", "ok", report.reason, bundle.version, report.stats)
