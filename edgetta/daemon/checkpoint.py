@@ -41,7 +41,8 @@ class StreamCheckpoint:
     nothing yet); ``output_offset``/``events_offset``: committed file lengths; ``runner``: the loop's
     state (:meth:`StreamRunner.state`); ``counters``: the daemon's own totals; ``settings``: the config the
     state was made with; ``preprocess``: the source's preprocessing state right after ``position`` (running
-    z-score, causal filter; None when stateless); ``clean``: written at an orderly shutdown."""
+    z-score, causal filter; None when stateless); ``clean``: written at an orderly shutdown; ``sync``: the
+    cloud bundle the adapter state was made on (``{"bundle_version": N}``; None without a sync block)."""
 
     stream: str
     seq: int
@@ -55,6 +56,7 @@ class StreamCheckpoint:
     preprocess: dict[str, Any] | None = None
     live: bool = False
     clean: bool = False
+    sync: dict[str, Any] | None = None  # cloud sync: {"bundle_version": N} the adapter state was made on
     written_at: float = field(default_factory=time.time)
 
 

@@ -40,7 +40,7 @@ OUTPUT_FORMATS = ("jsonl", "csv", "stdout")
 QUEUE_POLICIES = ("auto", "block", "drop_oldest")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-TOP_KEYS = ("artifact", "adapt", "state_dir", "checkpoint", "metrics", "log", "health", "streams")
+TOP_KEYS = ("artifact", "adapt", "state_dir", "checkpoint", "metrics", "log", "health", "streams", "sync")
 STREAM_KEYS = ("name", "artifact", "adapt", "source", "preprocess", "output", "queue", "flush_after")
 
 
@@ -147,6 +147,7 @@ class DaemonConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    sync: Any = None  # edgetta.sync.config.SyncConfig when the config has a sync block (docs/sync.md)
 
 
 # -- small checks --------------------------------------------------------------------------------------------
@@ -413,9 +414,15 @@ def build_daemon_config(data: Any, base: Path | str = ".", path: Path | None = N
             if target in outputs:
                 raise ConfigError(f"{s.where}.output.{key}: {target} is written by streams[{outputs[target]}] too")
             outputs[target] = s.index
+    sync = None
+    if data.get("sync") is not None:
+        from edgetta.sync.config import build_sync_config
+
+        sync = build_sync_config(data["sync"], base, [s.name for s in built])
     return DaemonConfig(
         state_dir=state_dir,
         streams=built,
+        sync=sync,
         checkpoint=_checkpoint(data.get("checkpoint")),
         metrics=_metrics(data.get("metrics")),
         log=_log(data.get("log"), state_dir),

@@ -27,6 +27,15 @@ METRIC_LABELS: dict[str, tuple[str, ...]] = {
     "edgetta_checkpoints_total": ("stream",),
     "edgetta_stream_state": ("stream", "state"),
     "edgetta_source_events_total": ("stream", "event"),
+    "edgetta_sync_samples_total": ("outcome",),
+    "edgetta_sync_excluded_total": ("reason",),
+    "edgetta_sync_queue_depth": (),
+    "edgetta_sync_queue_bytes": (),
+    "edgetta_sync_bundle_version": (),
+    "edgetta_sync_bundles_total": ("outcome",),
+    "edgetta_sync_bundle_rejects_total": ("code",),
+    "edgetta_sync_bytes_total": ("direction",),
+    "edgetta_sync_failures_total": ("stage",),
 }
 
 
@@ -54,6 +63,23 @@ class NullMetrics:
     def state(self, stream: str, state: str) -> None: ...
 
     def source_event(self, stream: str, event: str) -> None: ...
+
+    # cloud-edge sync (edgetta.sync): one device, so no stream label
+    def sync_samples(self, outcome: str, n: int) -> None: ...
+
+    def sync_excluded(self, reason: str, n: int) -> None: ...
+
+    def sync_queue(self, depth: Callable[[], float], nbytes: Callable[[], float]) -> None: ...
+
+    def sync_bundle_version(self, version: int | None) -> None: ...
+
+    def sync_bundle(self, outcome: str) -> None: ...
+
+    def sync_reject(self, code: str) -> None: ...
+
+    def sync_bytes(self, direction: str, n: int) -> None: ...
+
+    def sync_failure(self, stage: str) -> None: ...
 
     def render(self) -> tuple[bytes, str]:
         return b"", "text/plain"
@@ -118,6 +144,37 @@ class Metrics(NullMetrics):
             "edgetta_source_events", "Connects, disconnects, give-ups of live sources", ["stream", "event"], registry=r
         )
         self._ema: dict[str, float] = {}
+        self._sync_samples = prom.Counter(
+            "edgetta_sync_samples",
+            "Cloud sync: inputs seen, selected for upload, uploaded, dropped (queue full) or refused by the server",
+            ["outcome"],
+            registry=r,
+        )
+        self._sync_excluded = prom.Counter(
+            "edgetta_sync_excluded", "Cloud sync: inputs CEMA's selection kept back, by reason", ["reason"], registry=r
+        )
+        self._sync_queue = prom.Gauge("edgetta_sync_queue_depth", "Cloud sync: samples waiting to upload", registry=r)
+        self._sync_queue_bytes = prom.Gauge(
+            "edgetta_sync_queue_bytes", "Cloud sync: bytes of samples waiting to upload", registry=r
+        )
+        self._sync_version = prom.Gauge(
+            "edgetta_sync_bundle_version", "Cloud sync: version of the applied bundle (-1: none)", registry=r
+        )
+        self._sync_bundles = prom.Counter(
+            "edgetta_sync_bundles", "Cloud sync: bundles applied or rejected", ["outcome"], registry=r
+        )
+        self._sync_rejects = prom.Counter(
+            "edgetta_sync_bundle_rejects", "Cloud sync: rejected bundles by reason code", ["code"], registry=r
+        )
+        self._sync_bytes = prom.Counter(
+            "edgetta_sync_bytes",
+            "Cloud sync: bytes sent (up) and bundle bytes received (down)",
+            ["direction"],
+            registry=r,
+        )
+        self._sync_failures = prom.Counter(
+            "edgetta_sync_failures", "Cloud sync: failed uploads and polls", ["stage"], registry=r
+        )
 
     def items(self, stream: str, outcome: str, n: int = 1) -> None:
         if n:
@@ -156,6 +213,31 @@ class Metrics(NullMetrics):
 
     def source_event(self, stream: str, event: str) -> None:
         self._source_events.labels(stream, event).inc()
+
+    def sync_samples(self, outcome: str, n: int) -> None:
+        self._sync_samples.labels(outcome).inc(n)
+
+    def sync_excluded(self, reason: str, n: int) -> None:
+        self._sync_excluded.labels(reason).inc(n)
+
+    def sync_queue(self, depth: Callable[[], float], nbytes: Callable[[], float]) -> None:
+        self._sync_queue.set_function(depth)
+        self._sync_queue_bytes.set_function(nbytes)
+
+    def sync_bundle_version(self, version: int | None) -> None:
+        self._sync_version.set(-1 if version is None else version)
+
+    def sync_bundle(self, outcome: str) -> None:
+        self._sync_bundles.labels(outcome).inc()
+
+    def sync_reject(self, code: str) -> None:
+        self._sync_rejects.labels(code).inc()
+
+    def sync_bytes(self, direction: str, n: int) -> None:
+        self._sync_bytes.labels(direction).inc(n)
+
+    def sync_failure(self, stage: str) -> None:
+        self._sync_failures.labels(stage).inc()
 
     def render(self) -> tuple[bytes, str]:
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST

@@ -98,6 +98,8 @@ class StreamWorker:
         self.runner: StreamRunner | None = None
         self.reader: Reader | None = None
         self.source: Any = None
+        self.sync: Any = None  # edgetta.sync._edge_sync.EdgeSync when this stream syncs with the cloud
+        self.fed: deque[Any] = deque()  # items fed to the runner whose records are not written yet (sync only)
 
     # -- start -------------------------------------------------------------------------------------------
     def prepare(self, resume: bool) -> None:
@@ -267,6 +269,8 @@ class StreamWorker:
             item, read_at = entry
             self.read_times.append(read_at)
             self.metrics.latency(self.name, "queue", now - read_at)
+            if self.sync is not None:
+                self.fed.append(item)
             records.extend(self.runner.feed((item,)))
             self.status.items += 1
         if self.runner.pending and self.first_pending is None:
@@ -275,6 +279,9 @@ class StreamWorker:
             records.extend(self.runner.flush())
             did = True
         self._written(records, t0)
+        if self.sync is not None and self.sync.safe_point(self.runner.emit_event):
+            self.checkpoint(wait=True)  # the applied bundle version is committed with the state made on it
+            did = True
         if did:
             self.status.progress()
         return did
@@ -305,6 +312,9 @@ class StreamWorker:
             self.metrics.entropy(self.name, sum(entropies) / len(entropies))
         self.last_position = records[-1].position
         self.items_since_checkpoint += len(records)
+        if self.sync is not None:
+            items = [self.fed.popleft() for _ in range(min(len(records), len(self.fed)))]
+            self.sync.observe(items, records)
         for out in (self.output, self.events):
             if out is not None:
                 out.flush()
@@ -370,6 +380,7 @@ class StreamWorker:
             settings=self.config.settings(),
             live=self.live,
             clean=clean,
+            sync=None if self.sync is None else {"bundle_version": self.sync.version},
         )
         files = [out.file for out in (self.output, self.events) if out is not None and out.file is not None]
         self.committer.submit(ck, AdapterState.of(self.adapter), files)
@@ -397,10 +408,13 @@ class StreamWorker:
                     break
                 item, read_at = entry
                 self.read_times.append(read_at)
+                if self.sync is not None:
+                    self.fed.append(item)
                 records.extend(self.runner.feed((item,)))
             records.extend(self.runner.flush())
             self._written(records, t0)
         self.runner.pending = []
+        self.fed.clear()
         self.checkpoint(clean=True)
         self.status.set("stopped")
         self.metrics.state(self.name, "stopped")

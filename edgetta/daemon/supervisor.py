@@ -104,6 +104,7 @@ class Daemon:
         self.max_items = max_items
         self.wake = threading.Event()
         self.workers: list[StreamWorker] = []
+        self.sync: Any = None  # edgetta.sync._edge_sync.EdgeSync with a sync block
         self.server: Any = None
         self._stop_reason: str | None = None
         self._reload = False
@@ -168,6 +169,13 @@ class Daemon:
                     f"--resume: stream {w.name} has no checkpoint in {w.store.folder}; run without --resume to start it"
                 )
             w.prepare(resume=self.resume is not False)
+        if self.config.sync is not None:
+            from edgetta.sync._edge_sync import build_edge_sync
+
+            worker = next(w for w in self.workers if w.name == self.config.sync.stream)
+            self.sync = build_edge_sync(self.config.sync, self.config.state_dir, worker.adapter, self.metrics, self.log)
+            worker.sync = self.sync
+            self.sync.resume(worker.resumed_from.sync if worker.resumed_from is not None else None)
 
     def _start_server(self) -> None:
         if self.config.metrics is None:
@@ -235,6 +243,8 @@ class Daemon:
             self._start_server()
             for w in self.workers:
                 w.start()
+            if self.sync is not None:
+                self.sync.start()
             log_event(
                 self.log,
                 logging.INFO,
@@ -251,6 +261,8 @@ class Daemon:
         finally:
             for sig, handler in saved:
                 signal.signal(sig, handler)
+            if self.sync is not None:
+                self.sync.stop()
             for w in self.workers:
                 w.close()
             if self.server is not None:
@@ -296,6 +308,8 @@ class Daemon:
             summary.streams[w.name] = {"state": w.status.state, **w.totals()}
             if w.status.reason:
                 summary.streams[w.name]["reason"] = w.status.reason
+            if w.sync is not None:
+                summary.streams[w.name]["sync"] = w.sync.counts()
         log_event(
             self.log, logging.INFO, "edgetta run: exiting", reason=reason, exit_code=code, streams=summary.streams
         )

@@ -1,0 +1,294 @@
+"""The device side of cloud-edge sync: CEMA selection, the on-disk upload queue, the uploader against a real HTTP
+server that fails and recovers, the bundle poller, and the daemon with a ``sync:`` block."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load as st_load
+
+from edgetta.errors import ConfigError
+from edgetta.streams.backoff import Backoff
+from edgetta.sync._edge_client import SyncClient
+from edgetta.sync.queue import UploadQueue
+from edgetta.sync.selection import CemaSelector, SelectionConfig, entropy_from_logits
+from edgetta.sync.uploader import Uploader
+
+LN10 = math.log(10)
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- selection ---------------------------------------------------------------------------------------------
+def test_static_threshold_before_warmup_and_entropy_floor() -> None:
+    sel = CemaSelector(10, SelectionConfig(warmup=10_000))
+    d = sel.select(entropy=np.array([0.01, 0.5, 0.95, 1.5, np.nan]))
+    assert d.threshold == pytest.approx(0.4 * LN10)  # 0.921 nats
+    assert d.keep.tolist() == [False, True, False, False, False]
+    assert d.reasons == ["low_informative", None, "unreliable", "unreliable", "non_finite"]
+    assert sel.counts() == {
+        "seen": 5,
+        "selected": 1,
+        "excluded_unreliable": 2,
+        "excluded_low_informative": 1,
+        "excluded_redundant": 0,
+        "excluded_non_finite": 1,
+    }
+    assert sel.e_min == pytest.approx(0.02 * LN10)
+
+
+def test_dynamic_threshold_follows_the_running_entropy() -> None:
+    sel = CemaSelector(10, SelectionConfig(warmup=4))
+    first = sel.select(entropy=np.full(4, 0.5))
+    # warm-up ends with this batch: E_max = 0.4 ln C * 0.6 * (0.5 / 0.5)
+    assert first.threshold == pytest.approx(0.4 * LN10 * 0.6)
+    assert first.keep.all()
+    second = sel.select(entropy=np.array([0.7, 0.7, 0.9, 0.9]))
+    running = (4 * 0.5 + 1.4 + 1.8) / 8  # 0.65: a harder stream raises the bar
+    assert second.threshold == pytest.approx(0.4 * LN10 * 0.6 * running / 0.5)  # 0.718
+    assert second.keep.tolist() == [True, True, False, False]
+    easier = sel.select(entropy=np.full(8, 0.1))
+    assert easier.threshold < first.threshold  # an easier stream lowers it
+
+
+def test_redundancy_filter_and_state_round_trip() -> None:
+    cfg = SelectionConfig(warmup=10_000, eps=0.4)
+    sel = CemaSelector(10, cfg)
+    logits = np.zeros((3, 10))
+    logits[:, 0] = 5.0  # three identical, confident (H = 0.35 nats) predictions of class 0
+    first = sel.select(logits)
+    assert first.keep.all()  # the running mean prediction starts from this batch
+    again = sel.select(logits.copy())
+    assert again.reasons == ["redundant"] * 3
+    other = np.zeros((1, 10))
+    other[0, 5] = 5.0
+    assert sel.select(other).keep.tolist() == [True]  # another class is not redundant
+    restored = CemaSelector(10, cfg)
+    restored.load_state(json.loads(json.dumps(sel.state())))
+    assert restored.counts() == sel.counts()
+    assert restored.select(logits.copy()).reasons == sel.select(logits.copy()).reasons
+    p, h = entropy_from_logits(np.zeros((1, 10)))
+    assert h[0] == pytest.approx(LN10) and p.sum() == pytest.approx(1.0)
+
+
+# -- queue -------------------------------------------------------------------------------------------------
+def _rows(n: int, start: int = 0) -> list[np.ndarray]:
+    return [np.full((1, 4, 4), start + i, np.float32) for i in range(n)]
+
+
+def test_queue_fifo_bounds_and_restart(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    q = UploadQueue(path, max_rows=5, max_bytes=10_000)
+    assert q.put(_rows(3), [0.1, 0.2, 0.3]) == 0
+    assert q.put(_rows(4, start=3)) == 2  # drop_oldest: rows 0 and 1 go
+    got = q.peek(10)
+    assert [int(s.x[0, 0, 0]) for s in got] == [2, 3, 4, 5, 6]
+    assert got[0].entropy == pytest.approx(0.3) and got[1].entropy is None
+    q.ack([got[0].id, got[1].id])
+    q.put(_rows(1, start=7), meta={"selector": {"n": 7}})
+    q.close()
+    again = UploadQueue(path, max_rows=5, max_bytes=10_000)
+    assert [int(s.x[0, 0, 0]) for s in again.peek(10)] == [4, 5, 6, 7]
+    assert again.counters() == {"enqueued": 8, "uploaded": 2, "dropped_full": 2}
+    assert again.get_meta("selector") == {"n": 7}
+    assert len(again) == 4 and again.nbytes == 4 * 64
+
+
+def test_queue_drop_newest_and_byte_bound(tmp_path: Path) -> None:
+    q = UploadQueue(tmp_path / "q.sqlite", max_rows=100, max_bytes=3 * 64, policy="drop_newest")
+    assert q.put(_rows(5)) == 2  # three rows of 64 bytes fit, the two newest are refused
+    assert [int(s.x[0, 0, 0]) for s in q.peek(10)] == [0, 1, 2]
+    assert q.counters()["dropped_full"] == 2
+    q2 = UploadQueue(tmp_path / "q2.sqlite", max_rows=100, max_bytes=3 * 64)
+    q2.put(_rows(2))
+    assert q2.put(_rows(2, start=2)) == 1  # bytes bound: the oldest row goes
+    assert [int(s.x[0, 0, 0]) for s in q2.peek(10)] == [1, 2, 3]
+    with pytest.raises(ConfigError, match="policy"):
+        UploadQueue(tmp_path / "q3.sqlite", policy="drop_random")
+
+
+WRITER = """
+import sys, numpy as np
+from edgetta.sync.queue import UploadQueue
+q = UploadQueue(sys.argv[1], max_rows=100000, max_bytes=2**30)
+i = 0
+while True:
+    q.put([np.full((1, 28, 28), i, np.float32)] * 8, [0.5] * 8, meta={"batches": i + 1})
+    i += 1
+    print(i, flush=True)
+"""
+
+
+def test_queue_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    committed = 0
+    for line in proc.stdout:
+        committed = int(line)
+        if committed >= 40:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    with sqlite3.connect(str(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    q = UploadQueue(path, max_rows=100000, max_bytes=2**30)
+    batches = q.get_meta("batches")
+    assert batches >= committed  # every batch it reported committed is there (one more may have landed)
+    assert len(q) == 8 * batches  # no torn batch: rows and meta were written in one transaction
+    values = [int(s.x[0, 0, 0]) for s in q.peek(100000)]
+    assert values == [v for v in range(batches) for _ in range(8)]
+    q.put(_rows(1))  # and it takes new rows
+    assert len(q) == 8 * batches + 1
+
+
+# -- a real HTTP server that fails, then recovers --------------------------------------------------------------
+class FakeCloud:
+    """An HTTP server speaking the sync API: checks the bearer token, refuses uploads with 503 while ``down``."""
+
+    def __init__(self, token: str = "tok-1") -> None:
+        self.token = token
+        self.down = False
+        self.uploads: list[dict[str, Any]] = []
+        self.statuses: list[int] = []
+        self.bundle: bytes | None = None
+        self.bundle_version = 0
+        cloud = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, body: bytes = b"", ctype: str = "application/json") -> None:
+                cloud.statuses.append(status)
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorised(self) -> bool:
+                if self.headers.get("Authorization") != f"Bearer {cloud.token}":
+                    self._reply(401, b'{"detail": "missing or wrong token"}')
+                    return False
+                return True
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not self._authorised():
+                    return
+                if cloud.down:
+                    self._reply(503, b'{"detail": "down"}')
+                    return
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                from safetensors import safe_open  # noqa: F401  (metadata is read below)
+
+                header_len = int.from_bytes(body[:8], "little")
+                meta = json.loads(body[8 : 8 + header_len])["__metadata__"]
+                tensors = st_load(body)
+                cloud.uploads.append({"meta": meta, **tensors})
+                self._reply(200, json.dumps({"accepted": len(tensors["x"])}).encode())
+
+            def do_GET(self) -> None:
+                if not self._authorised():
+                    return
+                if self.path == "/v1/bundles/latest":
+                    if cloud.bundle is None:
+                        self._reply(204)
+                        return
+                    info = {"version": cloud.bundle_version, "size": len(cloud.bundle), "sha256": "", "url": "/v1/b"}
+                    self._reply(200, json.dumps(info).encode())
+                elif self.path == "/v1/b" and cloud.bundle is not None:
+                    self._reply(200, cloud.bundle, "application/octet-stream")
+                else:
+                    self._reply(404, b'{"detail": "no such thing"}')
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def received(self) -> np.ndarray:
+        return np.concatenate([u["x"] for u in self.uploads]) if self.uploads else np.zeros((0,))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def cloud() -> Any:
+    server = FakeCloud()
+    yield server
+    server.close()
+
+
+def wait_until(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_uploader_backs_off_while_down_then_catches_up(tmp_path: Path, cloud: FakeCloud) -> None:
+    q = UploadQueue(tmp_path / "q.sqlite")
+    q.put(_rows(50), [0.3] * 50)
+    cloud.down = True
+    reports: list[tuple[str, dict]] = []
+    up = Uploader(
+        q,
+        SyncClient(cloud.url, "tok-1"),
+        device_id="dev-1",
+        base_sha256="ab" * 32,
+        batch_rows=16,
+        idle=0.05,
+        backoff=Backoff(initial=0.05, maximum=0.2, jitter=0.5, seed=1),
+        report=lambda kind, msg, fields: reports.append((kind, fields)),
+    )
+    up.start()
+    try:
+        wait_until(lambda: up.failures >= 3)
+        assert len(q) == 50 and not cloud.uploads  # nothing lost while the server is down
+        waits = [up.backoff.delay(k) for k in range(6)]
+        assert max(waits) <= 0.2 * 1.5 and waits[0] < 0.2  # exponential with jitter, bounded
+        q.put(_rows(10, start=50), [0.3] * 10)  # the device goes on queueing
+        cloud.down = False
+        wait_until(lambda: len(q) == 0)
+    finally:
+        up.stop()
+    x = cloud.received()
+    assert sorted(int(v) for v in x[:, 0, 0, 0]) == list(range(60))  # every row once, none lost
+    metas = [u["meta"] for u in cloud.uploads]
+    assert {m["device_id"] for m in metas} == {"dev-1"} and {m["base_sha256"] for m in metas} == {"ab" * 32}
+    assert [int(m["batch_seq"]) for m in metas] == list(range(1, len(metas) + 1))
+    assert all(len(u["x"]) <= 16 and u["entropy"].dtype == np.float32 for u in cloud.uploads)
+    kinds = [k for k, _ in reports]
+    assert "upload_failed" in kinds and "upload_recovered" in kinds
+    assert q.counters()["uploaded"] == 60 and up.bytes_up > 0
+
+
+def test_uploader_with_a_wrong_token_keeps_the_rows(tmp_path: Path, cloud: FakeCloud) -> None:
+    q = UploadQueue(tmp_path / "q.sqlite")
+    q.put(_rows(3))
+    up = Uploader(
+        q, SyncClient(cloud.url, "wrong"), device_id="d", base_sha256="0" * 64, backoff=Backoff(0.05, 0.05)
+    )
+    assert up.send(q.peek(10)) == "retry"
+    assert cloud.statuses == [401] and len(q) == 3 and up.counters["unauthorized"] == 1
+    assert "401" in up.last_error
