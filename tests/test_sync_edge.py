@@ -286,9 +286,190 @@ def test_uploader_backs_off_while_down_then_catches_up(tmp_path: Path, cloud: Fa
 def test_uploader_with_a_wrong_token_keeps_the_rows(tmp_path: Path, cloud: FakeCloud) -> None:
     q = UploadQueue(tmp_path / "q.sqlite")
     q.put(_rows(3))
-    up = Uploader(
-        q, SyncClient(cloud.url, "wrong"), device_id="d", base_sha256="0" * 64, backoff=Backoff(0.05, 0.05)
-    )
+    up = Uploader(q, SyncClient(cloud.url, "wrong"), device_id="d", base_sha256="0" * 64, backoff=Backoff(0.05, 0.05))
     assert up.send(q.peek(10)) == "retry"
     assert cloud.statuses == [401] and len(q) == 3 and up.counters["unauthorized"] == 1
     assert "401" in up.last_error
+
+
+# -- the daemon with a sync block --------------------------------------------------------------------------
+class GatedLive:
+    """A live source (like a camera) that yields the demo images only as the test releases them."""
+
+    live = True
+    preprocessor = None
+
+    def __init__(self) -> None:
+        self.name = "gated"
+        self.allowed = 0
+        self.closed = threading.Event()
+        self.cond = threading.Condition()
+        from tests.daemon_helpers import ASSETS
+
+        with np.load(ASSETS / "demo_stream.npz") as data:
+            self.images = data["images"][:, None]
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.allowed += n
+            self.cond.notify_all()
+
+    def __iter__(self) -> Any:
+        from edgetta.streams.items import Item
+
+        i = 0
+        while not self.closed.is_set():
+            with self.cond:
+                while i >= self.allowed and not self.closed.is_set():
+                    self.cond.wait(0.1)
+            if self.closed.is_set():
+                return
+            yield Item(self.images[i % len(self.images)], position=i)
+            i += 1
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def sync_config(tmp_path: Path, cloud: FakeCloud, *, upload: dict | None = None, **sync: Any) -> Path:
+    from edgetta.sync.keys import generate_keypair
+
+    from tests.daemon_helpers import free_port, write_config
+
+    if not (tmp_path / "keys" / "public.pem").exists():
+        generate_keypair(tmp_path / "keys")
+    (tmp_path / "device.token").write_text(cloud.token + "\n")
+    block = {
+        "server": cloud.url,
+        "device_id": "cam-1",
+        "token_file": "device.token",
+        "trust": ["keys/public.pem"],
+        "upload": {"policy": "all", "batch_rows": 32, "idle_seconds": 0.05, "backoff": {"initial": 0.05, "max": 0.2}}
+        | (upload or {}),
+        "poll": {"interval": 0.1, "jitter": 0.1},
+        **sync,
+    }
+    entry = {"name": "cam", "source": {"kind": "camera", "device": 0}, "output": {"path": "out/cam.jsonl"}}
+    entry |= {"flush_after": 0.05, "output": {"path": "out/cam.jsonl", "events": "out/cam.events.jsonl"}}
+    return write_config(
+        tmp_path,
+        [entry],
+        adapt={"preset": "bn", "batch_size": 16},
+        metrics={"host": "127.0.0.1", "port": free_port()},
+        sync=block,
+    )
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_daemon_keeps_predicting_while_the_cloud_is_down_and_the_queue_catches_up(tmp_path: Path, cloud: FakeCloud):
+    from tests.daemon_helpers import Background, scrape
+
+    cloud.down = True
+    source = GatedLive()
+    bg = Background(sync_config(tmp_path, cloud), open_source=lambda *a, **k: source)
+    out = tmp_path / "out/cam.jsonl"
+    try:
+        source.release(64)
+        wait_until(lambda: len(lines(out)) == 64)  # predictions go on while no upload succeeds
+        sync = bg.daemon.sync
+        wait_until(lambda: sync.uploader.failures >= 2)
+        assert len(sync.queue) == 64 and not cloud.uploads
+        assert (tmp_path / "state/sync/queue.sqlite").is_file()
+        cloud.down = False
+        wait_until(lambda: len(sync.queue) == 0)
+        source.release(32)
+        wait_until(lambda: len(cloud.received()) == 96)
+        status, text = scrape(bg.daemon, "/metrics")
+        assert status == 200
+        assert 'edgetta_sync_samples_total{outcome="uploaded"} 96.0' in text
+        assert 'edgetta_sync_samples_total{outcome="seen"} 96.0' in text
+        assert "edgetta_sync_queue_depth 0.0" in text and "edgetta_sync_bundle_version -1.0" in text
+    finally:
+        summary = bg.stop()
+    assert summary.streams["cam"]["processed"] == 96
+    assert summary.streams["cam"]["sync"]["queue_uploaded"] == 96
+    # every uploaded row is the model input of a processed image (uint8 frames after the manifest's preprocessing)
+    from tests.daemon_helpers import ASSETS
+
+    with np.load(ASSETS / "demo_stream.npz") as data:
+        expected = (data["images"][:96, None].astype(np.float32) / 255.0 - 0.286) / 0.353
+    got = cloud.received()
+    assert got.shape == (96, 1, 28, 28) and np.allclose(
+        np.sort(got.sum(axis=(1, 2, 3))), np.sort(expected.sum(axis=(1, 2, 3))), atol=1e-2
+    )
+
+
+def _bundle_params(artifact: Any, scale: float) -> dict[str, np.ndarray]:
+    out = {}
+    for name in artifact.trainable_names:
+        value = artifact.params[name]
+        out[name] = (value * scale if name.endswith("weight") else value + 0.01).astype(np.float32)
+    return out
+
+
+def test_daemon_applies_a_signed_bundle_refuses_bad_ones_and_resumes_on_it(tmp_path: Path, cloud: FakeCloud):
+    from edgetta.sync.bundle import create_bundle
+    from edgetta.sync.keys import generate_keypair
+
+    from edgetta.contract import load_artifact
+    from edgetta.daemon.checkpoint import CheckpointStore
+    from tests.daemon_helpers import Background, scrape
+
+    config = sync_config(tmp_path, cloud, upload={"policy": "none"})
+    artifact = load_artifact(Path(__file__).resolve().parent.parent / "edgetta/assets/fmnist_resnet_bn")
+    generate_keypair(tmp_path / "other")
+    good = _bundle_params(artifact, 1.02)
+    cloud.bundle, cloud.bundle_version = (
+        create_bundle(artifact, good, version=1, private_key=tmp_path / "other/private.pem"),
+        1,
+    )
+    source = GatedLive()
+    bg = Background(config, open_source=lambda *a, **k: source)
+    events = tmp_path / "out/cam.events.jsonl"
+    try:
+        source.release(32)
+        wait_until(lambda: any(e.get("kind") == "bundle_rejected" for e in lines(events)) or False)
+        rejected = [e for e in lines(events) if e.get("kind") == "bundle_rejected"]
+        assert rejected[0]["code"] == "unknown_key" and rejected[0]["rail"] == "sync"
+        # a bundle whose norm layers flatten every feature: signed and well-formed, but its predictions collapse
+        flat = {k: (np.zeros_like(v) if k.endswith("weight") else v) for k, v in _bundle_params(artifact, 1.0).items()}
+        cloud.bundle = create_bundle(artifact, flat, version=2, private_key=tmp_path / "keys/private.pem")
+        cloud.bundle_version = 2
+        source.release(32)
+        wait_until(lambda: any(e.get("code") == "health_check" for e in lines(events)))
+        assert bg.daemon.sync.version is None  # still on the factory parameters
+        cloud.bundle = create_bundle(artifact, good, version=3, private_key=tmp_path / "keys/private.pem")
+        cloud.bundle_version = 3
+        source.release(32)
+        wait_until(lambda: bg.daemon.sync.version == 3)
+        adapter = bg.daemon.workers[0].adapter
+        for name, value in good.items():
+            assert np.array_equal(adapter.state.source[name], value)
+        applied = [e for e in lines(events) if e.get("kind") == "bundle_applied"]
+        assert applied[0]["version"] == 3
+        store = CheckpointStore(tmp_path / "state/streams/cam")
+        wait_until(lambda: store.load().sync == {"bundle_version": 3})  # committed with the state made on it
+        status, text = scrape(bg.daemon, "/metrics")
+        assert "edgetta_sync_bundle_version 3.0" in text
+        assert 'edgetta_sync_bundle_rejects_total{code="unknown_key"} 1.0' in text
+        assert 'edgetta_sync_bundle_rejects_total{code="health_check"} 1.0' in text
+        # an older bundle offered again (rollback) is not even fetched
+        downloads = bg.daemon.sync.poller.counters["downloads"]
+        cloud.bundle_version = 2
+        time.sleep(0.4)
+        assert bg.daemon.sync.poller.counters["downloads"] == downloads
+    finally:
+        bg.stop()
+    cloud.bundle = None
+    source = GatedLive()
+    bg = Background(config, open_source=lambda *a, **k: source)
+    try:
+        assert bg.daemon.sync.version == 3
+        adapter = bg.daemon.workers[0].adapter
+        for name, value in good.items():
+            assert np.array_equal(adapter.state.source[name], value)
+    finally:
+        bg.stop()

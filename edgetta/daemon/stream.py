@@ -279,12 +279,27 @@ class StreamWorker:
             records.extend(self.runner.flush())
             did = True
         self._written(records, t0)
-        if self.sync is not None and self.sync.safe_point(self.runner.emit_event):
-            self.checkpoint(wait=True)  # the applied bundle version is committed with the state made on it
-            did = True
+        if self.sync is not None:
+            did = self._sync_point() or did
         if did:
             self.status.progress()
         return did
+
+    def _sync_point(self) -> bool:
+        """Between two batches: the sync's events, and a verified bundle applied (then a checkpoint)."""
+        assert self.runner is not None
+        emitted = []
+
+        def emit(event: Any) -> None:
+            emitted.append(event)
+            self.runner.emit_event(event)
+
+        applied = self.sync.safe_point(emit)
+        if emitted and self.events is not None:
+            self.events.flush()
+        if applied:
+            self.checkpoint(wait=True)  # the applied bundle version is committed with the state made on it
+        return applied
 
     @property
     def flush_after(self) -> float:

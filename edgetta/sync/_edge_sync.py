@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 from collections import deque
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,7 @@ class EdgeSync:
                     f"checkpoint was made on bundle {ck_version}, the active slot holds {self.version}: "
                     "adaptation restarts from the active bundle"
                 )
-            event = self.adapter.reset(reason)
-            event.rail = RAIL
+            event = replace(self.adapter.reset(reason), rail=RAIL)
             with self._events_lock:
                 self._events.append(event)
             log_event(
@@ -241,9 +241,7 @@ class EdgeSync:
         except Exception as exc:  # the slot could not be written: keep the last good parameters
             return self._refuse(version, rejection_code(exc), f"slot commit failed: {exc}", emit)
         self.set_source(params)
-        reset = self.adapter.reset(f"bundle {version} applied: new source parameters")
-        reset.rail = RAIL
-        emit(reset)
+        emit(replace(self.adapter.reset(f"bundle {version} applied: new source parameters"), rail=RAIL))
         old, self.version = self.version, version
         self.metrics.sync_bundle_version(version)
         self.metrics.sync_bundle("applied")
@@ -351,8 +349,10 @@ def build_edge_sync(config: SyncConfig, state_dir: Path, adapter: Any, metrics: 
 
 def open_slots(folder: Path, artifact: Any) -> Any:
     """The A/B slot store of ``edgetta.sync.slots`` behind the two calls EdgeSync makes (commit, recover)."""
-    from edgetta.sync.slots import SlotStore  # noqa: F401  (API settled with sync-bundles)
-
+    try:
+        from edgetta.sync import slots  # noqa: F401  (TEMP until sync-bundles lands)
+    except ImportError:
+        return None
     raise NotImplementedError
 
 

@@ -59,6 +59,7 @@ class Poller:
         self.rng = random.Random(seed)
         self.counters: Counter[str] = Counter()
         self.rejected: dict[int, str] = {}  # version -> reason code, never fetched again
+        self.offered: set[int] = set()  # versions handed to the inference thread (applied or rejected there)
         self.bytes_down = 0
         self.failures = 0
         self._pending: Any = None
@@ -94,7 +95,11 @@ class Poller:
     # -- the loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self.stop_event.is_set():
-            ok = self.poll_once()
+            try:
+                ok = self.poll_once()
+            except Exception as exc:  # a bug must not end polling for good: report it and back off
+                self.report("poll_failed", f"bundle poll failed: {type(exc).__name__}: {exc}", {"status": 0})
+                ok = False
             if ok:
                 self.failures = 0
                 delay = self.interval * (1.0 + self.jitter * self.rng.uniform(-1.0, 1.0))
@@ -127,7 +132,7 @@ class Poller:
             return False
         version = int(info["version"])
         applied = self.applied_version()
-        if (applied is not None and version <= applied) or version in self.rejected:
+        if (applied is not None and version <= applied) or version in self.rejected or version in self.offered:
             return True
         data = self.client.download(info["url"])
         if data.status != 200:
@@ -153,6 +158,7 @@ class Poller:
         )
         with self._lock:
             self._pending = bundle
+            self.offered.add(version)
         return True
 
     def _fail(self, message: str, status: int) -> None:
