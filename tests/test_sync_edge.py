@@ -333,7 +333,6 @@ class GatedLive:
 
 def sync_config(tmp_path: Path, cloud: FakeCloud, *, upload: dict | None = None, **sync: Any) -> Path:
     from edgetta.sync.keys import generate_keypair
-
     from tests.daemon_helpers import free_port, write_config
 
     if not (tmp_path / "keys" / "public.pem").exists():
@@ -411,11 +410,10 @@ def _bundle_params(artifact: Any, scale: float) -> dict[str, np.ndarray]:
 
 
 def test_daemon_applies_a_signed_bundle_refuses_bad_ones_and_resumes_on_it(tmp_path: Path, cloud: FakeCloud):
-    from edgetta.sync.bundle import create_bundle
-    from edgetta.sync.keys import generate_keypair
-
     from edgetta.contract import load_artifact
     from edgetta.daemon.checkpoint import CheckpointStore
+    from edgetta.sync.bundle import create_bundle
+    from edgetta.sync.keys import generate_keypair
     from tests.daemon_helpers import Background, scrape
 
     config = sync_config(tmp_path, cloud, upload={"policy": "none"})
@@ -439,7 +437,7 @@ def test_daemon_applies_a_signed_bundle_refuses_bad_ones_and_resumes_on_it(tmp_p
         cloud.bundle = create_bundle(artifact, flat, version=2, private_key=tmp_path / "keys/private.pem")
         cloud.bundle_version = 2
         source.release(32)
-        wait_until(lambda: any(e.get("code") == "health_check" for e in lines(events)))
+        wait_until(lambda: any(e.get("code") == "entropy" for e in lines(events)))
         assert bg.daemon.sync.version is None  # still on the factory parameters
         cloud.bundle = create_bundle(artifact, good, version=3, private_key=tmp_path / "keys/private.pem")
         cloud.bundle_version = 3
@@ -455,7 +453,7 @@ def test_daemon_applies_a_signed_bundle_refuses_bad_ones_and_resumes_on_it(tmp_p
         status, text = scrape(bg.daemon, "/metrics")
         assert "edgetta_sync_bundle_version 3.0" in text
         assert 'edgetta_sync_bundle_rejects_total{code="unknown_key"} 1.0' in text
-        assert 'edgetta_sync_bundle_rejects_total{code="health_check"} 1.0' in text
+        assert 'edgetta_sync_bundle_rejects_total{code="entropy"} 1.0' in text
         # an older bundle offered again (rollback) is not even fetched
         downloads = bg.daemon.sync.poller.counters["downloads"]
         cloud.bundle_version = 2
@@ -473,3 +471,60 @@ def test_daemon_applies_a_signed_bundle_refuses_bad_ones_and_resumes_on_it(tmp_p
             assert np.array_equal(adapter.state.source[name], value)
     finally:
         bg.stop()
+
+
+# -- the sync block of a daemon config ----------------------------------------------------------------------
+def _deploy_example(tmp_path: Path, **sync_changes: Any) -> Path:
+    import yaml
+
+    from edgetta.sync.keys import generate_keypair
+
+    data = yaml.safe_load((REPO / "configs/daemon-sync.yaml").read_text())
+    data["sync"].update(sync_changes)
+    for key in [k for k, v in sync_changes.items() if v is None]:
+        del data["sync"][key]
+    if not (tmp_path / "keys/public.pem").exists():
+        generate_keypair(tmp_path / "keys")
+        (tmp_path / "secrets").mkdir()
+        (tmp_path / "secrets/cam0.token").write_text("0123456789abcdef-cam0\n")
+    path = tmp_path / "daemon-sync.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_the_example_sync_config_loads(tmp_path: Path) -> None:
+    from edgetta.daemon import load_daemon_config
+
+    config = load_daemon_config(_deploy_example(tmp_path))
+    sync = config.sync
+    assert sync.stream == "cam0" and sync.token == "0123456789abcdef-cam0" and "0123" not in repr(sync)
+    assert sync.upload.policy == "cema" and sync.upload.selection.lam == 0.6 and sync.upload.selection.warmup == 512
+    assert sync.trust == (tmp_path / "keys/public.pem",) and sync.queue.policy == "drop_oldest"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"server": "ftp://x"}, "sync.server: must be an http"),
+        ({"device_id": "a b"}, "sync.device_id: must be 1-64"),
+        ({"token": "abc"}, "sync: give exactly one of token or token_file"),
+        ({"token_file": "secrets/missing.token"}, "sync.token_file: cannot read"),
+        ({"trust": ["keys/nope.pem"]}, "sync.trust: "),
+        ({"trust": []}, "sync.trust: must be a public key file"),
+        ({"stream": "cam9"}, "sync.stream: 'cam9' is not a stream"),
+        ({"upload": {"policy": "some"}}, "sync.upload.policy: must be one of cema, all, random, none"),
+        ({"upload": {"e_min": 0.5}}, "sync.upload.e_min: 0.5 must be below e_max"),
+        ({"upload": {"lamda": 0.6}}, "sync.upload.lamda: unknown key"),
+        ({"poll": {"interval": 0}}, "sync.poll.interval: must be a number > 0"),
+        ({"queue": {"policy": "drop_all"}}, "sync.queue.policy: must be one of drop_oldest, drop_newest"),
+        ({"apply": {"max_class_fraction": 2}}, "sync.apply.max_class_fraction: must be a number"),
+        ({"apply": {"min_rows": 100}}, "sync.apply.min_rows: 100 is more than health_window 64"),
+        ({"tls": True}, "sync.tls: unknown key"),
+    ],
+)
+def test_sync_config_errors_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    from edgetta.daemon import load_daemon_config
+
+    with pytest.raises(ConfigError) as err:
+        load_daemon_config(_deploy_example(tmp_path, **change))
+    assert message in str(err.value)

@@ -175,7 +175,7 @@ class Daemon:
             worker = next(w for w in self.workers if w.name == self.config.sync.stream)
             self.sync = build_edge_sync(self.config.sync, self.config.state_dir, worker.adapter, self.metrics, self.log)
             worker.sync = self.sync
-            self.sync.resume(worker.resumed_from.sync if worker.resumed_from is not None else None)
+            self.sync.resume()
 
     def _start_server(self) -> None:
         if self.config.metrics is None:

@@ -16,7 +16,6 @@ import logging
 import random
 import threading
 from collections import deque
-from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from edgetta.daemon.logs import log_event
 from edgetta.safety.base import Event
 from edgetta.sync._edge_client import SyncClient
 from edgetta.sync.config import SyncConfig
-from edgetta.sync.poller import Poller, health_check, rejection_code
+from edgetta.sync.poller import Poller, rejection_code
 from edgetta.sync.queue import UploadQueue
 from edgetta.sync.selection import REASONS, CemaSelector
 from edgetta.sync.uploader import Uploader
@@ -68,6 +67,16 @@ class EdgeSync:
         self.slots = slots
         self.verify_fn = verify
         self.version: int | None = None
+        self._deferred: Any = None  # a verified bundle waiting for enough recent inputs to be checked on
+        a = config.apply
+        from edgetta.sync.slots import HealthPolicy
+
+        self.policy = HealthPolicy(
+            min_rows=a.min_rows,
+            max_entropy_ratio=a.max_entropy_ratio,
+            entropy_slack=a.entropy_slack,
+            max_class_fraction=a.max_class_fraction,
+        )
         self._events: list[Event] = []
         self._events_lock = threading.Lock()
         self.client: SyncClient | None = None
@@ -102,7 +111,7 @@ class EdgeSync:
             self.poller = Poller(
                 self.client,
                 self.verify_fn,
-                lambda: self.version,
+                lambda: self.slots.applied_version if self.slots is not None else self.version,
                 interval=c.poll.interval,
                 jitter=c.poll.jitter,
                 report=self._report,
@@ -126,38 +135,22 @@ class EdgeSync:
             self.client.close()
         self.queue.close()
 
-    def resume(self, checkpointed: dict[str, Any] | None) -> None:
-        """At start: recover the A/B slots (a crash mid-apply leaves the previous or the new slot active, never
-        a mix), make the active bundle the adapter's source, and reconcile it with the stream's checkpoint.
-        When the checkpoint was made on another bundle than the active slot (the crash fell between the slot
-        commit and the checkpoint), the adapted state is dropped and adaptation restarts from the active bundle."""
-        active = self.slots.recover() if self.slots is not None else None
-        ck_version = None if not checkpointed else checkpointed.get("bundle_version")
-        if active is not None:
-            version, params = active
-            self.set_source({k: np.ascontiguousarray(v, np.float32) for k, v in params.items()})
-            self.version = int(version)
-        if ck_version != self.version:
-            if checkpointed is None:
-                reason = f"starting on bundle {self.version} (the active slot)"
-            else:
-                reason = (
-                    f"checkpoint was made on bundle {ck_version}, the active slot holds {self.version}: "
-                    "adaptation restarts from the active bundle"
-                )
-            event = replace(self.adapter.reset(reason), rail=RAIL)
-            with self._events_lock:
-                self._events.append(event)
-            log_event(
-                self.log,
-                logging.WARNING if checkpointed is not None else logging.INFO,
-                f"sync: {reason}",
-                stream=self.stream,
-                checkpoint_version=ck_version,
-                slot_version=self.version,
-            )
-        elif self.version is not None:
-            log_event(self.log, logging.INFO, f"sync: running on bundle {self.version}", stream=self.stream)
+    def resume(self) -> None:
+        """At start, after the stream restored its checkpoint: the A/B slots are the authority on the source
+        parameters. A crash mid-apply leaves the previous or the new slot committed, never a mix
+        (:meth:`edgetta.sync.slots.SlotStore.recover`); when the checkpoint was made on another bundle (the crash
+        fell between the slot commit and the next checkpoint), the active slot's tensors become the source and
+        adaptation restarts from them (:func:`edgetta.sync.slots.resume`)."""
+        from edgetta.sync.slots import resume
+
+        before = self.adapter.source_version
+        self.version = resume(self.slots, self.adapter)
+        note = self.slots.recovery.note
+        if before != self.version:
+            message = f"sync: checkpoint was made on bundle {before}, {note}: adaptation restarts from it"
+            log_event(self.log, logging.WARNING, message, stream=self.stream, checkpoint_version=before)
+        else:
+            log_event(self.log, logging.INFO, f"sync: {note}", stream=self.stream, bundle_version=self.version)
 
     # -- inference thread ------------------------------------------------------------------------------
     def observe(self, items: Sequence[Any], records: Sequence[Any]) -> None:
@@ -206,63 +199,41 @@ class EdgeSync:
             emit(event)
         if self.poller is None:
             return False
-        bundle = self.poller.take()
+        bundle, self._deferred = self._deferred, None
+        if bundle is not None and len(self.recent) < self.policy.min_rows:
+            self._deferred = bundle  # still too few recent inputs to judge it on
+            return False
+        if bundle is None:
+            bundle = self.poller.take()
         if bundle is None:
             return False
         return self.apply(bundle, emit)
 
     def apply(self, bundle: Any, emit: Any) -> bool:
-        """Health-check ``bundle`` on the recent inputs, commit it to the slots, make it the adapter's source."""
+        """Stage ``bundle`` in the inactive slot, health-check it on the recent inputs, then commit it and make
+        its tensors the adapter's source (:func:`edgetta.sync.slots.apply_verified`), or roll back. Too few
+        recent inputs defer the apply to a later safe point."""
+        from edgetta.sync.slots import apply_verified
+
         version = int(bundle.version)
-        params = {k: np.ascontiguousarray(v, np.float32) for k, v in bundle.params.items()}
-        state = self.adapter.state
-        unknown = sorted(set(params) - set(state.source))
-        if unknown:
-            return self._refuse(
-                version, "unknown_tensor", f"tensors not in this artifact: {', '.join(unknown[:3])}", emit
-            )
-        a = self.config.apply
-        candidate = {**state.source, **params}
-        window = np.stack(list(self.recent)) if self.recent and a.health_window else None
-        health = health_check(
-            self.adapter.engine,
-            window,
-            candidate,
-            state.params,
-            float(getattr(self.adapter.method, "bn_alpha", 0.0)),
-            entropy_margin=a.entropy_margin,
-            collapse_fraction=a.collapse_fraction,
-        )
-        if not health.ok:
-            return self._refuse(version, "health_check", health.reason, emit, stats=health.stats)
+        window = np.stack(list(self.recent)) if self.recent else np.zeros((0, *self.adapter.artifact.input_shape[1:]))
         try:
-            if self.slots is not None:
-                self.slots.commit(bundle)
-        except Exception as exc:  # the slot could not be written: keep the last good parameters
-            return self._refuse(version, rejection_code(exc), f"slot commit failed: {exc}", emit)
-        self.set_source(params)
-        emit(replace(self.adapter.reset(f"bundle {version} applied: new source parameters"), rail=RAIL))
+            result = apply_verified(bundle, store=self.slots, adapter=self.adapter, window=window, policy=self.policy)
+        except Exception as exc:  # a slot that cannot be written, a refused commit: keep the last good parameters
+            return self._refuse(version, rejection_code(exc), f"apply failed: {exc}", emit)
+        if result.code == "window_too_small":
+            self._deferred = bundle
+            return False
+        if not result.committed:
+            return self._refuse(version, result.code, result.reason, emit, stats=result.stats)
         old, self.version = self.version, version
         self.metrics.sync_bundle_version(version)
         self.metrics.sync_bundle("applied")
-        emit(
-            Event(
-                self.adapter.batches,
-                RAIL,
-                "bundle_applied",
-                f"bundle {version} applied (was {old})",
-                {"version": version, "previous": old, "tensors": len(params), **health.stats},
-            )
-        )
+        message = f"bundle {version} applied (was {old}): new source parameters, adaptation restarts from them"
+        log_event(self.log, logging.INFO, f"sync: {message}", stream=self.stream, version=version, previous=old)
+        fields = {"version": version, "previous": old, "tensors": len(bundle.params), **result.stats}
+        emit(Event(self.adapter.batches, RAIL, "bundle_applied", message, fields))
         return True
-
-    def set_source(self, params: dict[str, np.ndarray]) -> None:
-        """Write ``params`` into the adapter's source tensors in place (rails holding them see the change)."""
-        source = self.adapter.state.source
-        for k, v in params.items():
-            if source[k].shape != v.shape:
-                raise ValueError(f"bundle tensor {k}: shape {v.shape}, artifact {source[k].shape}")
-            source[k][...] = v
 
     def _refuse(self, version: int, code: str, reason: str, emit: Any, stats: dict | None = None) -> bool:
         if self.poller is not None:
@@ -336,6 +307,7 @@ def build_edge_sync(config: SyncConfig, state_dir: Path, adapter: Any, metrics: 
     """An :class:`EdgeSync` verifying with the trusted keys and applying through A/B slots in ``state_dir/sync``."""
     from edgetta.sync.bundle import verify_bundle
     from edgetta.sync.keys import load_public_key
+    from edgetta.sync.slots import SlotStore
 
     keys = [load_public_key(p) for p in config.trust]
     artifact = adapter.artifact
@@ -343,17 +315,8 @@ def build_edge_sync(config: SyncConfig, state_dir: Path, adapter: Any, metrics: 
     def verify(data: bytes, applied: int | None) -> Any:
         return verify_bundle(data, artifact_dir=artifact, trusted_keys=keys, applied_version=applied)
 
-    slots = open_slots(state_dir / "sync" / "slots", artifact)
+    slots = SlotStore(state_dir / "sync" / "slots", artifact)
     return EdgeSync(config, state_dir, adapter, metrics=metrics, log=log, slots=slots, verify=verify)
-
-
-def open_slots(folder: Path, artifact: Any) -> Any:
-    """The A/B slot store of ``edgetta.sync.slots`` behind the two calls EdgeSync makes (commit, recover)."""
-    try:
-        from edgetta.sync import slots  # noqa: F401  (TEMP until sync-bundles lands)
-    except ImportError:
-        return None
-    raise NotImplementedError
 
 
 __all__ = ["EdgeSync", "REASONS"]

@@ -9,7 +9,7 @@
       upload: {policy: cema, batch_rows: 64}   # cema | all | random | none; CEMA constants below
       poll: {interval: 30, jitter: 0.2}
       queue: {max_rows: 10000, max_bytes: 67108864, policy: drop_oldest}
-      apply: {health_window: 64, entropy_margin: 0.1, collapse_fraction: 0.9}
+      apply: {health_window: 64, min_rows: 16, max_entropy_ratio: 1.2, max_class_fraction: 0.9}
 
 Every problem is a :class:`ConfigError` naming the key (``sync.upload.policy``). Relative paths resolve against
 the config file's folder.
@@ -61,11 +61,15 @@ class UploadQueueConfig:
 
 @dataclass(frozen=True)
 class ApplyConfig:
-    """The health check of a new bundle on the last ``health_window`` inputs (see ``sync.poller.health_check``)."""
+    """The health check of a new bundle on the last ``health_window`` inputs (``edgetta.sync.slots.HealthPolicy``:
+    at least ``min_rows`` inputs; mean entropy at most ``max_entropy_ratio`` x current + ``entropy_slack`` ln C;
+    at most ``max_class_fraction`` of the window in one class when the current parameters stay under it)."""
 
     health_window: int = 64
-    entropy_margin: float = 0.1
-    collapse_fraction: float = 0.9
+    min_rows: int = 16
+    max_entropy_ratio: float = 1.2
+    entropy_slack: float = 0.02
+    max_class_fraction: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -205,11 +209,15 @@ def build_sync_config(data: Any, base: Path, stream_names: list[str]) -> SyncCon
 
     ar = r.sub("apply")
     apply = ApplyConfig(
-        health_window=ar.number("health_window", 64, minimum=0, integer=True, meaning="recent inputs; 0: no check"),
-        entropy_margin=ar.number("entropy_margin", 0.1, minimum=0.0, meaning="fraction of ln C"),
-        collapse_fraction=ar.number("collapse_fraction", 0.9, above=0.0, maximum=1.0),
+        health_window=ar.number("health_window", 64, minimum=1, integer=True, meaning="recent inputs kept"),
+        min_rows=ar.number("min_rows", 16, minimum=1, integer=True, meaning="inputs a check needs"),
+        max_entropy_ratio=ar.number("max_entropy_ratio", 1.2, minimum=1.0),
+        entropy_slack=ar.number("entropy_slack", 0.02, minimum=0.0, meaning="fraction of ln C"),
+        max_class_fraction=ar.number("max_class_fraction", 0.9, above=0.0, maximum=1.0),
     )
     ar.finish()
+    if apply.min_rows > apply.health_window:
+        raise ar.error("min_rows", f"{apply.min_rows} is more than health_window {apply.health_window} keeps")
     ca = r.raw("ca_file")
     ca_file = None if ca is None else _path(r, ca, "ca_file", base)
     if ca_file is not None and not ca_file.is_file():

@@ -1,4 +1,4 @@
-"""The bundle poller thread and the health check a new bundle must pass before it is committed.
+"""The bundle poller thread: finds, downloads and verifies new bundles; the inference thread applies them.
 
 The poller asks ``GET /v1/bundles/latest`` every ``interval`` seconds times a random factor in
 ``[1 - jitter, 1 + jitter]`` (a fleet does not poll in step), downloads a bundle newer than the applied one,
@@ -13,15 +13,11 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from edgetta.streams.backoff import Backoff
 from edgetta.sync._edge_client import SyncClient
-from edgetta.sync.selection import entropy_from_logits
 
 Report = Callable[[str, str, dict[str, Any]], None]
 # verify(data, applied_version) -> a verified bundle (version, params, metadata, key_id); raises on rejection
@@ -165,59 +161,3 @@ class Poller:
         self.counters["poll_failures"] += 1
         if self.failures == 0 or self.failures % 10 == 0:
             self.report("poll_failed", message, {"status": status, "failures": self.failures + 1})
-
-
-@dataclass
-class Health:
-    """The verdict of :func:`health_check`: ``ok`` or the ``reason`` it failed, and what was measured."""
-
-    ok: bool
-    reason: str
-    stats: dict[str, float]
-
-
-def health_check(
-    engine: Any,
-    window: np.ndarray,
-    candidate: Mapping[str, np.ndarray],
-    current: Mapping[str, np.ndarray],
-    bn_alpha: float,
-    *,
-    entropy_margin: float = 0.1,
-    collapse_fraction: float = 0.9,
-) -> Health:
-    """Run the recent ``window`` [N, ...] with the ``candidate`` and the ``current`` parameters.
-
-    Fails when an output is not finite, when the candidate's mean entropy exceeds the current one by more than
-    ``entropy_margin`` * ln C, or when one class takes more than ``collapse_fraction`` of the predictions while
-    the current parameters spread them wider (prediction collapse). An empty window passes (nothing to judge
-    on: the bundle's signature and tensor checks still held)."""
-    if window is None or len(window) == 0:
-        return Health(True, "no recent inputs to check on", {})
-    names = [n for n in engine.output_names("infer") if n == "logits"] or None
-    new = engine.infer(window, candidate, bn_alpha, outputs=names)["logits"]
-    old = engine.infer(window, current, bn_alpha, outputs=names)["logits"]
-    if not np.isfinite(new).all():
-        return Health(False, "non-finite outputs with the new parameters", {"rows": float(len(window))})
-    c = new.shape[1]
-    _, h_new = entropy_from_logits(new)
-    _, h_old = entropy_from_logits(old[np.isfinite(old).all(axis=1)]) if np.isfinite(old).any() else (None, h_new)
-    top_new = np.bincount(new.argmax(axis=1), minlength=c).max() / len(new)
-    top_old = np.bincount(old.argmax(axis=1), minlength=c).max() / len(old)
-    stats = {
-        "rows": float(len(window)),
-        "entropy_new": float(h_new.mean()),
-        "entropy_old": float(h_old.mean()) if len(h_old) else float("nan"),
-        "top_class_new": float(top_new),
-        "top_class_old": float(top_old),
-    }
-    bound = stats["entropy_old"] + entropy_margin * float(np.log(c))
-    if np.isfinite(bound) and stats["entropy_new"] > bound:
-        return Health(
-            False,
-            f"mean entropy {stats['entropy_new']:.3f} above the bound {bound:.3f} (current {stats['entropy_old']:.3f})",
-            stats,
-        )
-    if top_new > collapse_fraction and top_new > top_old:
-        return Health(False, f"prediction collapse: one class takes {top_new:.0%} of the recent window", stats)
-    return Health(True, "passed", stats)
