@@ -528,3 +528,62 @@ def test_sync_config_errors_name_the_key(tmp_path: Path, change: dict, message: 
     with pytest.raises(ConfigError) as err:
         load_daemon_config(_deploy_example(tmp_path, **change))
     assert message in str(err.value)
+
+
+def test_an_edge_killed_mid_apply_comes_back_on_a_consistent_slot(tmp_path: Path, cloud: FakeCloud) -> None:
+    """``edgetta run`` is killed (SIGKILL) right as it applies a bundle: after the slot commit, around the
+    checkpoint that records it. Restarted, it runs on the committed slot's tensors, and its checkpoint, its
+    adapter state and the slot state agree on the version."""
+    import yaml
+
+    from edgetta.contract import load_artifact
+    from edgetta.daemon.checkpoint import CheckpointStore
+    from edgetta.runtime.checkpoint import load_checkpoint
+    from edgetta.sync.bundle import create_bundle
+    from tests.daemon_helpers import start_daemon, wait_for_log, write_stream
+
+    config = sync_config(tmp_path, cloud, upload={"policy": "none"})
+    data = yaml.safe_load(config.read_text())
+    write_stream(tmp_path / "stream.npz", 20_000)
+    data["streams"] = [{"name": "s0", "source": {"kind": "npz", "path": "stream.npz"}, "output": {"path": "out.jsonl"}}]
+    data["log"] = {"format": "json", "level": "info"}
+    data.pop("metrics")
+    config.write_text(yaml.safe_dump(data))
+    artifact = load_artifact(REPO / "edgetta/assets/fmnist_resnet_bn")
+    bundles = {v: _bundle_params(artifact, 1.0 + 0.01 * v) for v in (1, 2)}
+    log = tmp_path / "edge.log"
+    outcomes = []
+    for version, params in bundles.items():
+        cloud.bundle = create_bundle(artifact, params, version=version, private_key=tmp_path / "keys/private.pem")
+        cloud.bundle_version = version
+        lines_before = len(log.read_text().splitlines()) if log.exists() else 0
+        proc = start_daemon(config, stderr=log)
+        try:
+            wait_for_log(log, f"bundle version {version} applied from slot", timeout=60, after=lines_before)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        state = json.loads((tmp_path / "state/sync/slots/state.json").read_text())
+        assert state["applied_version"] == version and state["slots"][state["active"]]["version"] == version
+        ck = CheckpointStore(tmp_path / "state/streams/s0").load()
+        outcomes.append((ck.sync or {}).get("bundle_version"))  # the version the last committed state was made on
+    cloud.bundle = None
+    # restart: it must come back on bundle 2 whatever the checkpoint recorded, then stop cleanly
+    lines_before = len(log.read_text().splitlines())
+    proc = start_daemon(config, stderr=log)
+    try:
+        wait_for_log(log, "edgetta run: started", timeout=60, after=lines_before)
+        if outcomes[-1] != 2:  # killed before the checkpoint recorded bundle 2: adaptation restarts from the slot
+            wait_for_log(log, f"checkpoint was made on bundle {outcomes[-1]}, slot", timeout=5, after=lines_before)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    ck = CheckpointStore(tmp_path / "state/streams/s0").load()
+    assert ck.sync == {"bundle_version": 2}
+    tensors, meta = load_checkpoint(tmp_path / "state/streams/s0" / ck.adapter_file, artifact_id=artifact.identity)
+    assert meta["source_version"] == 2
+    for name, value in bundles[2].items():
+        assert np.array_equal(tensors[f"source/{name}"], value)
+    assert all(v in (None, 1, 2) for v in outcomes), outcomes
