@@ -417,48 +417,49 @@ def test_daemon_applies_a_signed_bundle_refuses_bad_ones_and_resumes_on_it(tmp_p
     from tests.daemon_helpers import Background, scrape
 
     config = sync_config(tmp_path, cloud, upload={"policy": "none"})
-    artifact = load_artifact(Path(__file__).resolve().parent.parent / "edgetta/assets/fmnist_resnet_bn")
+    artifact = load_artifact(REPO / "edgetta/assets/fmnist_resnet_bn")
     generate_keypair(tmp_path / "other")
+    key = tmp_path / "keys/private.pem"
+
+    def offer(version: int, params: dict, signer: Path = key) -> None:
+        cloud.bundle = create_bundle(artifact, params, version=version, private_key=signer)
+        cloud.bundle_version = version
+
     good = _bundle_params(artifact, 1.02)
-    cloud.bundle, cloud.bundle_version = (
-        create_bundle(artifact, good, version=1, private_key=tmp_path / "other/private.pem"),
-        1,
-    )
+    offer(3, good)
     source = GatedLive()
     bg = Background(config, open_source=lambda *a, **k: source)
     events = tmp_path / "out/cam.events.jsonl"
     try:
         source.release(32)
-        wait_until(lambda: any(e.get("kind") == "bundle_rejected" for e in lines(events)) or False)
-        rejected = [e for e in lines(events) if e.get("kind") == "bundle_rejected"]
-        assert rejected[0]["code"] == "unknown_key" and rejected[0]["rail"] == "sync"
-        # a bundle whose norm layers flatten every feature: signed and well-formed, but its predictions collapse
-        flat = {k: (np.zeros_like(v) if k.endswith("weight") else v) for k, v in _bundle_params(artifact, 1.0).items()}
-        cloud.bundle = create_bundle(artifact, flat, version=2, private_key=tmp_path / "keys/private.pem")
-        cloud.bundle_version = 2
-        source.release(32)
-        wait_until(lambda: any(e.get("code") == "entropy" for e in lines(events)))
-        assert bg.daemon.sync.version is None  # still on the factory parameters
-        cloud.bundle = create_bundle(artifact, good, version=3, private_key=tmp_path / "keys/private.pem")
-        cloud.bundle_version = 3
-        source.release(32)
         wait_until(lambda: bg.daemon.sync.version == 3)
         adapter = bg.daemon.workers[0].adapter
         for name, value in good.items():
             assert np.array_equal(adapter.state.source[name], value)
-        applied = [e for e in lines(events) if e.get("kind") == "bundle_applied"]
-        assert applied[0]["version"] == 3
         store = CheckpointStore(tmp_path / "state/streams/cam")
         wait_until(lambda: store.load().sync == {"bundle_version": 3})  # committed with the state made on it
+        assert [e["version"] for e in lines(events) if e.get("kind") == "bundle_applied"] == [3]
+        # an older bundle (rollback), validly signed, is not even fetched
+        downloads = bg.daemon.sync.poller.counters["downloads"]
+        offer(2, _bundle_params(artifact, 1.05))
+        time.sleep(0.5)
+        assert bg.daemon.sync.poller.counters["downloads"] == downloads
+        # a newer bundle signed by a key the device does not trust
+        offer(4, _bundle_params(artifact, 1.05), signer=tmp_path / "other/private.pem")
+        wait_until(lambda: any(e.get("kind") == "bundle_rejected" for e in lines(events)))
+        rejected = [e for e in lines(events) if e.get("kind") == "bundle_rejected"]
+        assert rejected[0]["code"] == "unknown_key" and rejected[0]["rail"] == "sync"
+        # signed and well-formed, but its norm layers flatten every feature: the health check refuses it
+        offer(5, {k: (np.zeros_like(v) if k.endswith("weight") else v) for k, v in good.items()})
+        source.release(32)
+        wait_until(lambda: any(e.get("code") == "entropy" for e in lines(events)))
+        assert bg.daemon.sync.version == 3  # still on the last good parameters
+        for name, value in good.items():
+            assert np.array_equal(adapter.state.source[name], value)
         status, text = scrape(bg.daemon, "/metrics")
         assert "edgetta_sync_bundle_version 3.0" in text
         assert 'edgetta_sync_bundle_rejects_total{code="unknown_key"} 1.0' in text
         assert 'edgetta_sync_bundle_rejects_total{code="entropy"} 1.0' in text
-        # an older bundle offered again (rollback) is not even fetched
-        downloads = bg.daemon.sync.poller.counters["downloads"]
-        cloud.bundle_version = 2
-        time.sleep(0.4)
-        assert bg.daemon.sync.poller.counters["downloads"] == downloads
     finally:
         bg.stop()
     cloud.bundle = None
