@@ -381,9 +381,9 @@ def test_daemon_keeps_predicting_while_the_cloud_is_down_and_the_queue_catches_u
         wait_until(lambda: len(sync.queue) == 0)
         source.release(32)
         wait_until(lambda: len(cloud.received()) == 96)
+        uploaded = 'edgetta_sync_samples_total{outcome="uploaded"} 96.0'
+        wait_until(lambda: uploaded in scrape(bg.daemon, "/metrics")[1])  # counted right after the server's 200
         status, text = scrape(bg.daemon, "/metrics")
-        assert status == 200
-        assert 'edgetta_sync_samples_total{outcome="uploaded"} 96.0' in text
         assert 'edgetta_sync_samples_total{outcome="seen"} 96.0' in text
         assert "edgetta_sync_queue_depth 0.0" in text and "edgetta_sync_bundle_version -1.0" in text
     finally:
@@ -498,7 +498,8 @@ def test_the_example_sync_config_loads(tmp_path: Path) -> None:
 
     config = load_daemon_config(_deploy_example(tmp_path))
     sync = config.sync
-    assert sync.stream == "cam0" and sync.token == "0123456789abcdef-cam0" and "0123" not in repr(sync)
+    sync.check_files()
+    assert sync.stream == "cam0" and sync.read_token() == "0123456789abcdef-cam0" and "0123" not in repr(sync)
     assert sync.upload.policy == "cema" and sync.upload.selection.lam == 0.6 and sync.upload.selection.warmup == 512
     assert sync.trust == (tmp_path / "keys/public.pem",) and sync.queue.policy == "drop_oldest"
 
@@ -527,7 +528,7 @@ def test_sync_config_errors_name_the_key(tmp_path: Path, change: dict, message: 
     from edgetta.daemon import load_daemon_config
 
     with pytest.raises(ConfigError) as err:
-        load_daemon_config(_deploy_example(tmp_path, **change))
+        load_daemon_config(_deploy_example(tmp_path, **change)).sync.check_files()  # files: checked at start
     assert message in str(err.value)
 
 

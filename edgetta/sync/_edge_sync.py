@@ -90,7 +90,7 @@ class EdgeSync:
         c = self.config
         verify: bool | str = str(c.ca_file) if c.ca_file is not None else True
         self.client = SyncClient(
-            c.server, c.token, timeout=c.timeout, verify=verify, max_bundle_bytes=c.max_bundle_bytes
+            c.server, c.read_token(), timeout=c.timeout, verify=verify, max_bundle_bytes=c.max_bundle_bytes
         )
         self.metrics.sync_queue(lambda: float(len(self.queue)), lambda: float(self.queue.nbytes))
         self.metrics.sync_bundle_version(self.version)
@@ -309,6 +309,7 @@ def build_edge_sync(config: SyncConfig, state_dir: Path, adapter: Any, metrics: 
     from edgetta.sync.keys import load_public_key
     from edgetta.sync.slots import SlotStore
 
+    config.check_files()
     keys = [load_public_key(p) for p in config.trust]
     artifact = adapter.artifact
 

@@ -1,7 +1,7 @@
 """The ``sync:`` block of a daemon config: where the cloud is, who this device is, what it uploads and trusts.
 
     sync:
-      server: https://fleet.example.com:8600   # edgetta cloud serve
+      server: https://fleet.example.com:8750   # edgetta cloud serve
       device_id: cam0-box
       token_file: secrets/device.token         # or token: "..." (a file keeps it out of the config)
       trust: [keys/fleet-2026.pem]              # public keys whose bundles are applied (rotation: list both)
@@ -12,7 +12,8 @@
       apply: {health_window: 64, min_rows: 16, max_entropy_ratio: 1.2, max_class_fraction: 0.9}
 
 Every problem is a :class:`ConfigError` naming the key (``sync.upload.policy``). Relative paths resolve against
-the config file's folder.
+the config file's folder; the token file and the trusted keys are read when the daemon starts
+(:meth:`SyncConfig.check_files`).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class ApplyConfig:
 class SyncConfig:
     server: str
     device_id: str
-    token: str = field(repr=False)
+    token: str | None = field(repr=False)  # given inline, or None with token_file
     trust: tuple[Path, ...]
     stream: str | None = None
     upload: UploadConfig = field(default_factory=UploadConfig)
@@ -86,6 +87,32 @@ class SyncConfig:
     timeout: float = 10.0
     ca_file: Path | None = None
     max_bundle_bytes: int = 16 * 2**20
+    token_file: Path | None = None
+
+    def read_token(self) -> str:
+        """The bearer token: as given, or read from ``token_file`` (at start, so the file may come later)."""
+        if self.token is not None:
+            return self.token
+        assert self.token_file is not None
+        where = "sync.token_file"
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: cannot read {self.token_file} ({exc.strerror or exc}); give the file with the token"
+            ) from None
+        if not token or any(c.isspace() for c in token):
+            raise ConfigError(f"{where}: {self.token_file} must hold the token as one word without spaces")
+        return token
+
+    def check_files(self) -> None:
+        """At daemon start: the token file and the trusted keys exist (ConfigError naming the key)."""
+        self.read_token()
+        for p in self.trust:
+            if not p.is_file():
+                raise ConfigError(
+                    f"sync.trust: {p} does not exist; give the public key written by edgetta keys generate"
+                )
 
 
 def _path(r: SpecReader, value: Any, name: str, base: Path) -> Path:
@@ -95,28 +122,19 @@ def _path(r: SpecReader, value: Any, name: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _token(r: SpecReader, base: Path) -> str:
+def _token(r: SpecReader, base: Path) -> tuple[str | None, Path | None]:
     given = [k for k in ("token", "token_file") if r.has(k)]
     if len(given) != 1:
         raise ConfigError(
             f"{r.where}: give exactly one of token or token_file (the device's bearer token for the server), got "
             f"{' and '.join(given) or 'neither'}"
         )
-    if r.has("token"):
-        token = r.string("token", meaning="the device's bearer token")
-        where = r.key("token")
-    else:
-        path = _path(r, r.raw("token_file"), "token_file", base)
-        where = r.key("token_file")
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{where}: cannot read {path} ({exc.strerror or exc}); give the file with the token"
-            ) from None
-    if not token or any(c.isspace() for c in token):
-        raise ConfigError(f"{where}: the token must be one word without spaces")
-    return token
+    if r.has("token_file"):
+        return None, _path(r, r.raw("token_file"), "token_file", base)
+    token = r.string("token", meaning="the device's bearer token")
+    if any(c.isspace() for c in token):
+        raise r.error("token", "must be one word without spaces")
+    return token, None
 
 
 def _backoff(r: SpecReader) -> Backoff:
@@ -167,22 +185,19 @@ def build_sync_config(data: Any, base: Path, stream_names: list[str]) -> SyncCon
     import re
 
     r = SpecReader(data, "sync")
-    server = r.string("server", meaning="the sync server's URL, e.g. http://127.0.0.1:8600")
+    server = r.string("server", meaning="the sync server's URL, e.g. http://127.0.0.1:8750")
     parsed = urlparse(server)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise r.error("server", f"must be an http:// or https:// URL, got {server!r}")
     device_id = r.string("device_id", meaning="this device's name at the server")
     if not re.match(DEVICE_PATTERN, device_id):
         raise r.error("device_id", f"must be 1-64 letters, digits, '_', '.' or '-', got {device_id!r}")
-    token = _token(r, base)
+    token, token_file = _token(r, base)
     trust_value = r.required("trust", "public key file(s) whose bundles are applied, e.g. [keys/public.pem]")
     trust_list = [trust_value] if isinstance(trust_value, str) else trust_value
     if not isinstance(trust_list, list) or not trust_list:
         raise r.error("trust", f"must be a public key file or a list of them, got {trust_value!r}")
     trust = tuple(_path(r, v, "trust", base) for v in trust_list)
-    for p in trust:
-        if not p.is_file():
-            raise r.error("trust", f"{p} does not exist; give the public key written by edgetta keys generate")
     stream = r.string("stream", None, meaning="the name of one of the streams")
     if stream is None:
         if len(stream_names) != 1:
@@ -226,6 +241,7 @@ def build_sync_config(data: Any, base: Path, stream_names: list[str]) -> SyncCon
         server=server,
         device_id=device_id,
         token=token,
+        token_file=token_file,
         trust=trust,
         stream=stream,
         upload=upload,
