@@ -55,7 +55,7 @@ _BACKGROUND = np.array([13.0, 12.0, 14.0, 17.0, 10.0])
 _ALPHA = np.array([13.0, 4.5, 1.5, 0.8, 3.0])
 _THETA = np.array([4.0, 8.0, 6.5, 5.0, 7.5])
 _DELTA = np.array([4.0, 7.0, 15.0, 33.0, 6.0])
-_MUSCLE = np.array([4.0, 2.2, 1.6, 1.4, 1.4])
+_MUSCLE = np.array([3.5, 2.2, 1.6, 1.4, 1.4])
 _EMG_TONE = np.array([18.0, 9.0, 6.5, 5.5, 2.0])  # submental EMG envelope, uV
 # Events per 30-s epoch.
 _SPINDLES = np.array([0.0, 0.2, 1.6, 0.8, 0.05])
@@ -208,11 +208,13 @@ def _traits(subject: int, seed: int, shift: str | None) -> dict[str, Any]:
 
 
 def _per_epoch(rng: np.random.Generator, stages: np.ndarray, table: np.ndarray, mix: np.ndarray) -> np.ndarray:
-    """Per-epoch amplitude: the stage's value blended toward the neighbour stage (``mix``), log-normal jitter."""
+    """Per-epoch amplitude: the stage's value blended toward the neighbour stage (``mix``), log-normal jitter
+    clipped at two sigma."""
     values = table[stages]
     neighbour = table[_neighbour(stages)]
     values = (1 - mix) * values + mix * neighbour
-    return values * rng.lognormal(0.0, _VARIABILITY, len(stages))
+    jitter = np.clip(rng.normal(0.0, _VARIABILITY, len(stages)), -2 * _VARIABILITY, 2 * _VARIABILITY)
+    return values * np.exp(jitter)
 
 
 def _neighbour(stages: np.ndarray) -> np.ndarray:
