@@ -8,7 +8,7 @@ and refills them later; results are copied out) until a call asks for other outp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,8 @@ import onnxruntime as ort
 class GraphVariant:
     """One session: a graph (``which``) for one ``bn_alpha`` (None: an input) and one set of outputs.
     ``report``: what the rewrite did (edgetta.engines.ort.rewrite.RewriteReport as a dict), None when the
-    exported graph runs as it is."""
+    exported graph runs as it is. ``source``: gives the graph the session was built from (a path or serialized
+    bytes; edgetta.engines.ort.fold builds folded sessions from it), None when unknown."""
 
     which: str
     session: ort.InferenceSession
@@ -29,6 +30,7 @@ class GraphVariant:
     outputs: list[str]
     bn_alpha: float | None
     report: dict[str, Any] | None = None
+    source: Callable[[], str | bytes | None] | None = field(default=None, repr=False)
     _binding: Any = field(default=None, repr=False)
     _bound: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -40,6 +42,7 @@ class GraphVariant:
         data_inputs: frozenset[str],
         bn_alpha: float | None,
         report: dict[str, Any] | None,
+        source: Callable[[], str | bytes | None] | None = None,
     ) -> GraphVariant:
         """Read the session's inputs and outputs; inputs that are not data inputs are parameters."""
         inputs = [i.name for i in session.get_inputs()]
@@ -51,6 +54,7 @@ class GraphVariant:
             outputs=[o.name for o in session.get_outputs()],
             bn_alpha=bn_alpha,
             report=report,
+            source=source,
         )
 
     def run(

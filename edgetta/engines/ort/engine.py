@@ -10,14 +10,19 @@ ops, cheap ReLU gradients, ``bn_alpha`` fixed when it is 0 or 1 (one session per
 and graph outputs pruned to what a call asks for. Each rewritten graph is checked against the exported
 graph on a small batch when it is built (edgetta.engines.ort.verify) and kept in the graph cache
 (edgetta.engines.ort.graph_cache); on any mismatch the engine runs the exported graph, logs one line on the
-``edgetta.engine`` logger and records the reason in ``fallbacks``. ``EngineOptions(optimize=False)`` turns
-all of this off.
+``edgetta.engine`` logger and records the reason in ``fallbacks``.
+
+Infer calls whose parameters stay the same run a folded session (edgetta.engines.ort.fold): the graph with
+the parameter values as constants, so ORT folds every BatchNormalization into its convolution as in a plain
+inference export; any change of the values (in place, new arrays, a bundle) goes back to the general session
+until the new values repeat. ``extra={"fold": False}`` turns folding off; ``EngineOptions(optimize=False)``
+turns all of this off.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -28,6 +33,7 @@ from edgetta.contract import Artifact
 from edgetta.engines.feed import DataInputs
 from edgetta.engines.options import EngineOptions
 from edgetta.engines.ort.binding import GraphVariant
+from edgetta.engines.ort.fold import FoldCache
 from edgetta.engines.ort.graph_cache import GraphCache, default_folder
 from edgetta.engines.ort.providers import CPU, provider_options, resolve_providers, session_options
 
@@ -52,6 +58,8 @@ class OrtEngine:
         self._io: dict[str, dict[str, list[str]]] = {}
         self.param_inputs = [n for n in self.graph_io("infer")["inputs"] if n not in self.data_inputs.names]
         self.infer_outputs = self.graph_io("infer")["outputs"]
+        self.folding = self.optimize and bool(self.options.extra.get("fold", True))
+        self.folds = FoldCache(lambda v: v.source() if v.source else None, self._fold_session, self.data_inputs.names)
 
     # -- graphs ------------------------------------------------------------------------------------
     def graph_io(self, which: str) -> dict[str, list[str]]:
@@ -112,13 +120,34 @@ class OrtEngine:
         source = str(self.artifact.graph_path(which)) if source is None else source
         return ort.InferenceSession(source, session_options(self.options, self.optimize), providers=providers)
 
+    def _fold_session(self, data: bytes) -> ort.InferenceSession:
+        return self._session("infer", data)
+
     def _variant_of(
-        self, which: str, session: ort.InferenceSession, alpha: float | None, report: dict[str, Any] | None
+        self,
+        which: str,
+        session: ort.InferenceSession,
+        alpha: float | None,
+        report: dict[str, Any] | None,
+        source: Callable[[], str | bytes | None] | None = None,
     ) -> GraphVariant:
-        return GraphVariant.of(which, session, self.data_inputs.names, alpha, report)
+        return GraphVariant.of(which, session, self.data_inputs.names, alpha, report, source)
 
     def _exported(self, which: str) -> GraphVariant:
-        return self._variant_of(which, self._session(which), None, None)
+        path = str(self.artifact.graph_path(which))
+        return self._variant_of(which, self._session(which), None, None, lambda: path)
+
+    def _rewritten_source(
+        self, key: str, which: str, alpha: float | None, outputs: tuple[str, ...] | None
+    ) -> Callable[[], str | bytes | None]:
+        """The rewritten graph's bytes on demand (not kept in memory next to the session): read back from
+        the graph cache, else rewritten again."""
+
+        def source() -> bytes:
+            cached = self.cache.load(key) if key else None
+            return cached[0] if cached is not None else self._rewrite(which, alpha, outputs)[0]
+
+        return source
 
     def _build(self, which: str, alpha: float | None, outputs: tuple[str, ...] | None) -> GraphVariant:
         """A rewritten graph: from the cache, else rewritten now, checked against the export and cached."""
@@ -127,7 +156,8 @@ class OrtEngine:
         if cached is not None:
             data, report = cached
             try:
-                return self._variant_of(which, self._session(which, data), alpha, report)
+                source = self._rewritten_source(key, which, alpha, outputs)
+                return self._variant_of(which, self._session(which, data), alpha, report, source)
             except Exception:  # noqa: BLE001 - an entry ORT cannot load: rebuild it
                 pass
         try:
@@ -142,7 +172,7 @@ class OrtEngine:
             return self._exported(which)
         if key:
             self.cache.store(key, data, report)
-        return self._variant_of(which, session, alpha, report)
+        return self._variant_of(which, session, alpha, report, self._rewritten_source(key, which, alpha, outputs))
 
     def _rewrite(
         self, which: str, alpha: float | None, outputs: tuple[str, ...] | None
@@ -179,7 +209,10 @@ class OrtEngine:
         """One call of the infer graph. ``outputs``: only these (all by default; fewer is faster)."""
         names = list(outputs) if outputs else self.infer_outputs
         variant = self.variant("infer", bn_alpha, names)
-        return variant.run(names, params, self.data_inputs.feed(x, bn_alpha))
+        feed = self.data_inputs.feed(x, bn_alpha)
+        if self.folding:
+            return self.folds.run(variant, names, params, feed)
+        return variant.run(names, params, feed)
 
     def adapt(
         self,

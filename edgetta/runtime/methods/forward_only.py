@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgetta.contract import LOGITS
 from edgetta.errors import ConfigError
 from edgetta.kernels import entropy as entropy_of
 from edgetta.kernels import lame, softmax
@@ -15,6 +16,11 @@ class Frozen(ForwardOnlyMethod):
     """The source model: source parameters, running statistics (bn_alpha = 0), no update."""
 
     name = "frozen"
+
+    def own_infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Only the logits: the pruned graph computes no batch statistics, and the engine runs it folded
+        (the parameters never change)."""
+        return self.engine.infer(x, self.state.params, self.bn_alpha, outputs=[LOGITS])
 
 
 class BatchNormAdapt(ForwardOnlyMethod):
