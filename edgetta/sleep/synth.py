@@ -105,8 +105,8 @@ def synth_hypnogram(rng: np.random.Generator, hours: float = 8.0) -> np.ndarray:
     if total < 20:
         raise DataError(f"a synthetic night needs at least 10 minutes, got {hours:g} h")
     scale = total / 960.0  # 960 epochs = 8 h
-    onset = max(2, int(round(rng.uniform(70, 110) * scale)))  # 35-55 min to fall asleep
-    final = max(2, int(round(rng.uniform(30, 70) * scale)))  # 15-35 min awake at the end
+    onset = max(2, int(round(rng.uniform(64, 100) * scale)))  # 32-50 min to fall asleep
+    final = max(2, int(round(rng.uniform(32, 64) * scale)))  # 16-32 min awake at the end
     sleep_len = max(4, total - onset - final)
     stages: list[int] = []
     cycle = 0
@@ -122,7 +122,7 @@ def synth_hypnogram(rng: np.random.Generator, hours: float = 8.0) -> np.ndarray:
 def _cycle(rng: np.random.Generator, cycle: int, length: int) -> list[int]:
     """One NREM-REM cycle of ``length`` epochs: N1, N2, N3 (early cycles), N2, REM."""
     n3_share = (0.42, 0.30, 0.10, 0.04, 0.0)[min(cycle, 4)] * rng.uniform(0.8, 1.2)
-    rem_share = (0.12, 0.25, 0.30, 0.34, 0.37)[min(cycle, 4)] * rng.uniform(0.85, 1.15)
+    rem_share = (0.14, 0.27, 0.32, 0.36, 0.39)[min(cycle, 4)] * rng.uniform(0.85, 1.15)
     n1 = int(rng.integers(6, 14) if cycle == 0 else rng.integers(3, 9))
     n3 = int(n3_share * length)
     rem = int(rem_share * length)
