@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.numpy import save
 
 pytest.importorskip("fastapi")
@@ -27,8 +29,12 @@ from edgetta.cloud.server import Service, create_app, uvicorn_server  # noqa: E4
 from edgetta.cloud.store import BundleStore  # noqa: E402
 from edgetta.cloud.uploads import UploadError, UploadSpec, gunzip_limited  # noqa: E402
 from edgetta.cloud.worker import LearnerWorker  # noqa: E402
+from edgetta.contract import load_artifact  # noqa: E402
+from edgetta.sync.bundle import base_sha256, create_bundle, verify_bundle  # noqa: E402
 
-BASE = "ab" * 32
+ARTIFACT = load_artifact("edgetta/assets/fmnist_resnet_bn")
+BASE = base_sha256(ARTIFACT)
+SIGNING_KEY = Ed25519PrivateKey.generate()
 SHAPE = (1, 28, 28)
 MAX_BYTES = 256 * 1024
 ADMIN = "admin-token-0123456789"
@@ -66,7 +72,7 @@ class RecordingLearner:
 
 
 def _signer(params, version: int) -> bytes:
-    return f"bundle {version} ".encode() + save({k: np.asarray(v) for k, v in params.items()})
+    return create_bundle(ARTIFACT, params, version=version, private_key=SIGNING_KEY)
 
 
 def _free_port() -> int:
@@ -76,7 +82,7 @@ def _free_port() -> int:
 
 
 class Running:
-    def __init__(self, tmp: Path, publish_every: int = 0, max_queue: int = 64) -> None:
+    def __init__(self, tmp: Path, publish_every: int = 0, max_queue: int = 64, tls: tuple[str, str] | None = None):
         self.learner = RecordingLearner()
         self.store = BundleStore(tmp / "state", _signer)
         self.worker = LearnerWorker(self.learner, self.store, publish_every=publish_every, max_queue=max_queue)
@@ -84,9 +90,9 @@ class Running:
         spec = UploadSpec(sample_shape=SHAPE, base_sha256=BASE, max_samples=64, max_bytes=MAX_BYTES)
         self.service = Service(spec, tokens, self.store, self.worker, RateLimiter(rate=0.5, burst=20))
         self.port = _free_port()
-        self.server = uvicorn_server(create_app(self.service), "127.0.0.1", self.port)
+        self.server = uvicorn_server(create_app(self.service), "127.0.0.1", self.port, *(tls or (None, None)))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Running:
         self.worker.start()
@@ -284,6 +290,16 @@ def test_healthz_publish_latest_download(cloud):
     import hashlib
 
     assert hashlib.sha256(data).hexdigest() == info["sha256"]
+    verified = verify_bundle(data, artifact_dir=ARTIFACT, trusted_keys=[SIGNING_KEY.public_key()])
+    assert verified.version == info["version"]
+    np.testing.assert_array_equal(verified.params["bn1.weight"], cloud.learner.params()["bn1.weight"])
+    # a device that applied this version refuses the same bundle again (replay)
+    from edgetta.sync.bundle import BundleRejected
+
+    with pytest.raises(BundleRejected):
+        verify_bundle(
+            data, artifact_dir=ARTIFACT, trusted_keys=[SIGNING_KEY.public_key()], applied_version=info["version"]
+        )
     assert httpx.get(f"{cloud.url}/v1/bundles/{info['version'] + 5}", headers=device_auth).status_code == 404
 
 
@@ -310,3 +326,81 @@ def test_publishes_every_k_steps(tmp_path):
         assert running.worker.wait_idle(10)
         assert running.learner.steps == 4
         assert running.store.latest is not None and running.store.latest.version == 2
+
+
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = tmp / "cert.pem", tmp / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(certfile), str(keyfile)
+
+
+def test_tls(tmp_path):
+    import ssl
+
+    certfile, keyfile = _self_signed(tmp_path)
+    with Running(tmp_path, tls=(certfile, keyfile)) as running:
+        assert running.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=certfile)
+        auth = {"Authorization": f"Bearer {DEVICES['cam-00']}"}
+        r = httpx.post(f"{running.url}/v1/samples", content=upload(2), headers=auth, verify=trust)
+        assert r.status_code == 200
+        with pytest.raises(httpx.ConnectError):  # an unknown certificate is refused by a verifying client
+            httpx.get(f"{running.url}/healthz", verify=ssl.create_default_context())
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the TLS port
+            httpx.get(f"http://127.0.0.1:{running.port}/healthz")
+
+
+def test_serve_options_fail_with_the_option_named(tmp_path, capsys):
+    from edgetta.cli import main
+
+    keys = tmp_path / "key.pem"
+    keys.write_bytes(
+        SIGNING_KEY.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    good_tokens = tmp_path / "tokens.yaml"
+    good_tokens.write_text("devices:\n  cam-01: a-token-of-enough-length\nadmin: another-token-long-enough\n")
+    short = tmp_path / "short.yaml"
+    short.write_text("devices: {cam-01: short}\n")
+    shared = tmp_path / "shared.json"
+    shared.write_text('{"devices": {"a": "same-token-0123456789", "b": "same-token-0123456789"}}')
+    base = ["cloud", "serve", "--artifact", "edgetta/assets/fmnist_resnet_bn", "--student", "x:y", "--teacher", "x:y"]
+    base += ["--state", str(tmp_path / "state")]
+    cases = [
+        (["--key", str(tmp_path / "missing.pem"), "--tokens", str(good_tokens)], "--key"),
+        (["--key", str(keys), "--tokens", str(short)], "at least 16"),
+        (["--key", str(keys), "--tokens", str(shared)], "used twice"),
+        (["--key", str(keys), "--tokens", str(good_tokens), "--certfile", str(keys)], "--keyfile"),
+        (["--key", str(good_tokens), "--tokens", str(good_tokens)], "key"),
+    ]
+    for extra, words in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "edgetta cloud: error:" in err and words in err, (extra, err)
+        assert "Traceback" not in err

@@ -98,6 +98,15 @@ def _load_teacher(spec: str, weights: str | None, num_classes: int, sample_shape
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``edgetta cloud serve``."""
+    from edgetta.cloud.auth import Tokens
+    from edgetta.contract import load_artifact
+    from edgetta.sync.bundle import base_sha256, create_bundle
+    from edgetta.sync.keys import load_private_key
+
+    _check_paths(args)  # cheap checks first: a typo fails before torch and the models load
+    artifact = load_artifact(args.artifact)
+    tokens = Tokens.load(args.tokens)
+    key = load_private_key(args.key)
     try:
         import fastapi  # noqa: F401
         import torch
@@ -105,22 +114,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"edgetta cloud serve needs {exc.name}: pip install 'edgetta[cloud,export]'", file=sys.stderr)
         return 2
-    from edgetta.cloud.auth import RateLimiter, Tokens
+    from edgetta.cloud.auth import RateLimiter
     from edgetta.cloud.learner import CemaConfig, CemaLearner
     from edgetta.cloud.server import Service, create_app, run, uvicorn_server
     from edgetta.cloud.store import BundleStore
     from edgetta.cloud.student import build_student
     from edgetta.cloud.uploads import UploadSpec
     from edgetta.cloud.worker import LearnerWorker
-    from edgetta.contract import load_artifact
     from edgetta.export import resolve_spec
-    from edgetta.sync.bundle import base_sha256, create_bundle
-    from edgetta.sync.keys import load_private_key
 
-    _check_paths(args)
-    artifact = load_artifact(args.artifact)
-    tokens = Tokens.load(args.tokens)
-    key = load_private_key(args.key)
     torch.set_num_threads(args.threads)
     sample_shape = tuple(int(d) for d in artifact.input_shape[1:])
     student = build_student(resolve_spec(args.student), artifact, args.student_weights)

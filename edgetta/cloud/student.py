@@ -139,7 +139,10 @@ def build_student(
     else:
         full = dict(_load_weights_file(weights) if isinstance(weights, (str, Path)) else weights)
     full.update(norm)
-    result = spec_model.load_state_dict(full, strict=False)
+    try:
+        result = spec_model.load_state_dict(full, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ArtifactError(f"the student weights do not fit the student SPEC: {exc}") from exc
     unfilled = [k for k in result.missing_keys if state[k].is_floating_point()]
     if unfilled:
         raise ArtifactError(f"student weights lack {unfilled[:4]}: give a full state_dict with --student-weights")
