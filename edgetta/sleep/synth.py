@@ -193,7 +193,7 @@ def _traits(subject: int, seed: int, shift: str | None) -> dict[str, Any]:
     elif shift == "line_noise":
         traits["line_hz"], traits["line_uv"] = (50.0 if up else 60.0), float(srng.uniform(6.0, 10.0))
     elif shift == "wander":
-        traits["wander_uv"] = float(srng.uniform(60.0, 100.0))
+        traits["wander_uv"] = float(srng.uniform(30.0, 50.0))
     elif shift == "pops":
         traits["pops_per_hour"] = float(srng.uniform(15.0, 30.0))
     elif shift == "rate":
@@ -202,7 +202,7 @@ def _traits(subject: int, seed: int, shift: str | None) -> dict[str, Any]:
         traits["gain"] = float(srng.uniform(1.5, 1.7) if up else srng.uniform(0.55, 0.65))
         traits["slope"] = float(srng.uniform(2.6, 2.8) if up else srng.uniform(1.3, 1.5))
         traits["line_hz"], traits["line_uv"] = (50.0 if up else 60.0), float(srng.uniform(3.0, 5.0))
-        traits["wander_uv"] = float(srng.uniform(30.0, 50.0))
+        traits["wander_uv"] = float(srng.uniform(15.0, 25.0))
         traits["rate"] = 128.0 if up else 200.0
     return traits
 
