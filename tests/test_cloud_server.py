@@ -50,6 +50,7 @@ class RecordingLearner:
         self.steps = 0
         self.block = threading.Event()
         self.block.set()
+        self.poisoned = False
 
     def add(self, x: np.ndarray) -> None:
         self.block.wait(10)
@@ -68,7 +69,8 @@ class RecordingLearner:
 
     def params(self) -> dict[str, np.ndarray]:
         n = sum(len(x) for x in self.received)
-        return {"bn1.weight": np.full(16, 1.0 + n, np.float32), "bn1.bias": np.zeros(16, np.float32)}
+        weight = np.full(16, np.nan if self.poisoned else 1.0 + n, np.float32)
+        return {"bn1.weight": weight, "bn1.bias": np.zeros(16, np.float32)}
 
 
 def _signer(params, version: int) -> bytes:
@@ -404,3 +406,14 @@ def test_serve_options_fail_with_the_option_named(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "edgetta cloud: error:" in err and words in err, (extra, err)
         assert "Traceback" not in err
+
+
+def test_diverged_learner_publishes_nothing(tmp_path):
+    with Running(tmp_path) as running:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        assert httpx.post(f"{running.url}/v1/publish", headers=admin).json()["version"] == 1
+        running.learner.poisoned = True  # NaN parameters: create_bundle refuses them
+        r = httpx.post(f"{running.url}/v1/publish", headers=admin)
+        assert r.status_code == 500 and "non-finite" in r.json()["error"]
+        assert running.store.latest.version == 1
+        assert httpx.get(f"{running.url}/healthz").json()["latest_version"] == 1

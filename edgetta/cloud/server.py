@@ -27,6 +27,7 @@ from edgetta.cloud.auth import RateLimiter, Tokens, bearer, retry_after
 from edgetta.cloud.store import BundleStore
 from edgetta.cloud.uploads import UploadError, UploadSpec, gunzip_limited, parse_upload
 from edgetta.cloud.worker import LearnerWorker
+from edgetta.errors import EdgettaError
 
 log = logging.getLogger("edgetta.cloud")
 SEEN_BATCHES = 1024  # per device: batch_seq values remembered to acknowledge a retried upload only once
@@ -139,7 +140,11 @@ def create_app(service: Service) -> FastAPI:
             if service.tokens.device_for(token) is not None:
                 return _error(403, "publishing needs the admin token, not a device token")
             return _unauthorized("missing or unknown admin token")
-        info = await run_in_threadpool(service.worker.publish)
+        try:
+            info = await run_in_threadpool(service.worker.publish)
+        except EdgettaError as exc:  # e.g. create_bundle refused non-finite parameters: nothing is published
+            log.error("publish refused: %s", exc)
+            return _error(500, f"publish refused: {exc}")
         return JSONResponse(info.to_json())
 
     @app.get("/healthz")
