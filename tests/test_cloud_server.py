@@ -399,8 +399,11 @@ def test_serve_options_fail_with_the_option_named(tmp_path, capsys):
         (["--key", str(keys), "--tokens", str(short)], "at least 16"),
         (["--key", str(keys), "--tokens", str(shared)], "used twice"),
         (["--key", str(keys), "--tokens", str(good_tokens), "--certfile", str(keys)], "--keyfile"),
-        (["--key", str(good_tokens), "--tokens", str(good_tokens)], "key"),
+        (["--key", str(good_tokens), "--tokens", str(good_tokens)], "--key: private key"),
     ]
+    missing = [a if a != "edgetta/assets/fmnist_resnet_bn" else str(tmp_path / "nothing") for a in base]
+    assert main([*missing, "--key", str(keys), "--tokens", str(good_tokens)]) == 2
+    assert "--artifact: artifact directory" in capsys.readouterr().err
     for extra, words in cases:
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from edgetta.errors import ConfigError
+from edgetta.errors import ConfigError, EdgettaError
+
+T = TypeVar("T")
 
 
 def _positive(kind: type, minimum: float) -> object:
@@ -54,12 +58,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--burst", type=_positive(int, 1), default=20, help="uploads a device may send at once")
     p.add_argument("--queue", type=_positive(int, 1), default=64, help="uploads waiting for the learner")
     p.add_argument("--batch-size", type=_positive(int, 1), default=32, help="new uploads per CEMA step")
+    p.add_argument("--replay-size", type=_positive(int, 1), default=10_000, help="uploads kept for replay")
     p.add_argument("--student-lr", type=_positive(float, 0), default=2.5e-3)
     p.add_argument("--teacher-lr", type=_positive(float, 0), default=2.5e-4)
     p.add_argument("--bundle-expires-in", type=_positive(float, 1), metavar="SECONDS",
                    help="devices refuse a bundle this long after it was made (default: never)")  # fmt: skip
     p.add_argument("--threads", type=_positive(int, 1), default=1, help="torch CPU threads for the learner")
     p.set_defaults(func=cmd_serve)
+
+
+def _option(option: str, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)``, with an error naming ``option`` (``--key: private key ... is not ...``)."""
+    try:
+        return fn(*args)
+    except EdgettaError as exc:
+        raise type(exc)(f"{option}: {exc}") from exc
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -77,7 +90,7 @@ def _load_teacher(spec: str, weights: str | None, num_classes: int, sample_shape
 
     from edgetta.export import resolve_spec
 
-    teacher = resolve_spec(spec)
+    teacher = _option("--teacher", resolve_spec, spec)
     if weights is not None:
         from safetensors.torch import load_file
 
@@ -104,9 +117,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgetta.sync.keys import load_private_key
 
     _check_paths(args)  # cheap checks first: a typo fails before torch and the models load
-    artifact = load_artifact(args.artifact)
+    artifact = _option("--artifact", load_artifact, args.artifact)
     tokens = Tokens.load(args.tokens)
-    key = load_private_key(args.key)
+    key = _option("--key", load_private_key, args.key)
     try:
         import fastapi  # noqa: F401
         import torch
@@ -125,14 +138,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     sample_shape = tuple(int(d) for d in artifact.input_shape[1:])
-    student = build_student(resolve_spec(args.student), artifact, args.student_weights)
+    student = _option("--student", build_student, _option("--student", resolve_spec, args.student), artifact,
+                      args.student_weights)  # fmt: skip
     teacher = _load_teacher(args.teacher, args.teacher_weights, artifact.num_classes, sample_shape)
 
     def sign(params, version: int) -> bytes:
         return create_bundle(artifact, params, version=version, private_key=key, expires_in=args.bundle_expires_in)
 
     store = BundleStore(args.state, sign)
-    config = CemaConfig(batch_size=args.batch_size, student_lr=args.student_lr, teacher_lr=args.teacher_lr)
+    config = CemaConfig(
+        batch_size=args.batch_size,
+        replay_size=args.replay_size,
+        replay_start=min(256, args.replay_size),
+        student_lr=args.student_lr,
+        teacher_lr=args.teacher_lr,
+    )
     learner = CemaLearner(teacher, student, artifact, config, resume=store.last_params())
     worker = LearnerWorker(learner, store, publish_every=args.publish_every, max_queue=args.queue)
     spec = UploadSpec(sample_shape, base_sha256(artifact), args.max_samples, args.max_upload_bytes)
