@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from edgetta.cloud.student import build_student  # noqa: E402
 from edgetta.contract import load_artifact  # noqa: E402
 from edgetta.data import load_fashion_mnist, to_model_input  # noqa: E402
 
-ARTIFACT = "edgetta/assets/fmnist_resnet_bn"
+ARTIFACT = Path(__file__).resolve().parents[1] / "edgetta" / "assets" / "fmnist_resnet_bn"
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

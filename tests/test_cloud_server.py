@@ -32,7 +32,8 @@ from edgetta.cloud.worker import LearnerWorker  # noqa: E402
 from edgetta.contract import load_artifact  # noqa: E402
 from edgetta.sync.bundle import base_sha256, create_bundle, verify_bundle  # noqa: E402
 
-ARTIFACT = load_artifact("edgetta/assets/fmnist_resnet_bn")
+ARTIFACT_DIR = str(Path(__file__).resolve().parents[1] / "edgetta" / "assets" / "fmnist_resnet_bn")
+ARTIFACT = load_artifact(ARTIFACT_DIR)
 BASE = base_sha256(ARTIFACT)
 SIGNING_KEY = Ed25519PrivateKey.generate()
 SHAPE = (1, 28, 28)
@@ -392,7 +393,7 @@ def test_serve_options_fail_with_the_option_named(tmp_path, capsys):
     short.write_text("devices: {cam-01: short}\n")
     shared = tmp_path / "shared.json"
     shared.write_text('{"devices": {"a": "same-token-0123456789", "b": "same-token-0123456789"}}')
-    base = ["cloud", "serve", "--artifact", "edgetta/assets/fmnist_resnet_bn", "--student", "x:y", "--teacher", "x:y"]
+    base = ["cloud", "serve", "--artifact", ARTIFACT_DIR, "--student", "x:y", "--teacher", "x:y"]
     base += ["--state", str(tmp_path / "state")]
     cases = [
         (["--key", str(tmp_path / "missing.pem"), "--tokens", str(good_tokens)], "--key"),
@@ -401,7 +402,7 @@ def test_serve_options_fail_with_the_option_named(tmp_path, capsys):
         (["--key", str(keys), "--tokens", str(good_tokens), "--certfile", str(keys)], "--keyfile"),
         (["--key", str(good_tokens), "--tokens", str(good_tokens)], "--key: private key"),
     ]
-    missing = [a if a != "edgetta/assets/fmnist_resnet_bn" else str(tmp_path / "nothing") for a in base]
+    missing = [a if a != ARTIFACT_DIR else str(tmp_path / "nothing") for a in base]
     assert main([*missing, "--key", str(keys), "--tokens", str(good_tokens)]) == 2
     assert "--artifact: artifact directory" in capsys.readouterr().err
     for extra, words in cases:
