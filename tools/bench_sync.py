@@ -190,6 +190,7 @@ class SyncLoop:
                     "preprocess": {"color": "gray"},
                     "output": {"path": "out/cam0.jsonl", "events": "out/cam0.events.jsonl"},
                     "flush_after": 0.1,
+                    "queue": {"size": 256, "policy": "block"},  # frames wait on disk: none is dropped
                 }
             ],
             "sync": {
@@ -352,14 +353,18 @@ class SyncLoop:
 
         return _wait(drained, timeout, "the uploads to reach the learner")
 
-    def publish(self, timeout: float = 120.0) -> dict[str, Any]:
-        """Ask the cloud for a bundle now (admin token) and wait until the edge applied it."""
-        started = time.time()
+    def publish_only(self) -> dict[str, Any]:
+        """Ask the cloud for a bundle now (admin token); its metadata."""
         status, info = _http(f"http://127.0.0.1:{self.cloud_port}/v1/publish", token=self.ADMIN, method="POST")
         if status != 200 or not isinstance(info, dict):
             raise RuntimeError(f"publish failed with HTTP {status}: {info}")
-        version = int(info["version"])
-        self.wait_log(f"bundle version {version} applied from slot", timeout)
+        return info
+
+    def publish(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Publish a bundle now and wait until the edge applied it."""
+        started = time.time()
+        info = self.publish_only()
+        self.wait_log(f"bundle version {int(info['version'])} applied from slot", timeout)
         info["publish_to_applied_s"] = time.time() - started
         return info
 
@@ -463,26 +468,33 @@ def run_loop(
 
 
 def run_loops(args: argparse.Namespace) -> dict[str, Any]:
-    """Part 3: the loop for CEMA, upload-all and a random subset of CEMA's size; frozen and device-only baselines."""
+    """Part 3: for each device method, the loop with CEMA, upload-all and a random subset of CEMA's size, and the
+    same method without bundles on the eval frames."""
     import tempfile
 
     data = loop_images(args.corruption, args.severity, args.learn, args.eval, args.seed)
     out: dict[str, Any] = {
         "shift": f"{args.corruption}-{args.severity}",
+        "learn_frames": args.learn,
+        "eval_frames": args.eval,
         "frozen_eval": frozen_accuracy(data["eval_x"], data["eval_y"]),
-        f"{args.edge_preset}_without_bundles_eval": frozen_accuracy(data["eval_x"], data["eval_y"], args.edge_preset),
-        "runs": [],
+        "presets": {},
     }
-    print(f"frozen edge model: {out['frozen_eval']:.1%}; device-only {args.edge_preset}: "
-          f"{out[f'{args.edge_preset}_without_bundles_eval']:.1%} on the eval frames")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
-        cema = run_loop(Path(tmp) / "cema", data, policy="cema", edge_preset=args.edge_preset)
-        out["runs"].append(cema)
-        print(json.dumps(cema))
-        for policy, fraction in (("all", 1.0), ("random", cema["uploaded_fraction"])):
-            run = run_loop(Path(tmp) / policy, data, policy=policy, fraction=fraction, edge_preset=args.edge_preset)
-            out["runs"].append(run)
-            print(json.dumps(run))
+        for preset in args.edge_presets.split(","):
+            entry: dict[str, Any] = {"without_bundles_eval": frozen_accuracy(data["eval_x"], data["eval_y"], preset)}
+            print(f"{preset}: {entry['without_bundles_eval']:.1%} on the eval frames without bundles")
+            cema = run_loop(Path(tmp) / f"{preset}-cema", data, policy="cema", edge_preset=preset)
+            runs = [cema]
+            print(json.dumps(cema))
+            for policy, fraction in (("all", 1.0), ("random", cema["uploaded_fraction"])):
+                run = run_loop(
+                    Path(tmp) / f"{preset}-{policy}", data, policy=policy, fraction=fraction, edge_preset=preset
+                )
+                runs.append(run)
+                print(json.dumps(run))
+            entry["runs"] = runs
+            out["presets"][preset] = entry
     return out
 
 
@@ -497,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--severity", type=int, default=5)
     parser.add_argument("--learn", type=int, default=1536, help="frames the loop learns from")
     parser.add_argument("--eval", type=int, default=1024, help="frames the loop measures on after the bundle")
-    parser.add_argument("--edge-preset", default="bn", help="the device's method during the loop")
+    parser.add_argument("--edge-presets", default="frozen,bn", help="the device's methods during the loop")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
