@@ -8,14 +8,16 @@ published defaults) without calling edgetta. The runtime parity tests
   m an EMA (0.9) of the kept samples' mean probabilities (Eq. 6-7), weights 1 / exp(H - E0) without
   gradient (Eq. 8), optional Fisher anchor beta * sum F (theta - theta0)^2 (Eq. 9); no step when no
   sample survives.
-- SAR (Niu et al., ICLR 2023): reliable filter H < E0, SAM (Foret et al., ICLR 2021) with
-  e = rho g / ||g||, second forward at theta + e re-filtered, step from theta with the second gradient.
-  The EMA-based model recovery is left out.
+- SAR (Niu et al., ICLR 2023): a transcription of the authors' released loop: reliable filter H < E0,
+  SAM (Foret et al., ICLR 2021) with e = rho g / ||g||, second forward at theta + e re-filtered, step
+  from theta with the second gradient (momentum alone when nothing passes), model recovery on the EMA
+  of the second loss.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -101,8 +103,9 @@ class ReferenceTTA:
         lr: float = 1e-2,
         momentum: float = 0.9,
         names: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.model = configure_model(model)
+        self.model = configure_model(model, dtype)
         self.params = collect_params(self.model, names)
         self.optimizer = make_optimizer(self.params.values(), optimizer, lr, momentum)
         self.updates = 0
@@ -205,26 +208,37 @@ class EataReference(ReferenceTTA):
 
 
 class SarReference(ReferenceTTA):
-    """SAR: sharpness-aware minimisation of the entropy of reliable samples (recovery left out)."""
+    """SAR as the authors released it (``forward_and_adapt_sar`` with their SAM wrapper around SGD).
 
-    def __init__(self, model: nn.Module, e0: float, rho: float = 0.05, **kwargs) -> None:
+    Per batch: mean entropy of the samples with H < E0 at theta, backward (an empty selection gives zero
+    gradients: the mean of nothing is NaN, its gradient is zero); climb to theta + rho g / (||g|| + 1e-12);
+    forward there, keep the first filter's samples whose entropy is still < E0, and the mean entropy over
+    them is the second loss; unless it is NaN, ema <- 0.9 ema + 0.1 loss (ema = loss the first time);
+    backward, return to theta and step the base SGD (always, so momentum alone moves the weights when no
+    sample passes). Then, every batch, ema < ``reset_below`` resets the model to the source; the SGD
+    momentum survives (the released reset reloads only the wrapper's state) and so does the EMA (the
+    released ``SAR.forward`` assigns it back after the reset cleared it).
+    """
+
+    def __init__(self, model: nn.Module, e0: float, rho: float = 0.05, reset_below: float = 0.2, **kwargs) -> None:
         super().__init__(model, **kwargs)
-        self.e0, self.rho = float(e0), float(rho)
+        self.e0, self.rho, self.reset_below = float(e0), float(rho), float(reset_below)
+        self.source = {k: p.detach().clone() for k, p in self.params.items()}
+        self.ema: float | None = None
         self.reliable: list[int] = []
         self.kept: list[int] = []
+        self.resets: list[int] = []  # batch indices (from 0) after which the model was reset
+        self.batches = 0
 
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         params = list(self.params.values())
+        self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x)
         ent = softmax_entropy(logits)
         ids1 = torch.where(ent < self.e0)[0]
         self.reliable.append(int(ids1.numel()))
-        if not ids1.numel():
-            self.kept.append(0)
-            return logits.detach()
-        self.optimizer.zero_grad(set_to_none=True)
         ent[ids1].mean(0).backward()
-        # SAM first step: climb to theta + rho g / ||g|| (||g|| over all trainable parameters).
+        # SAM first step: theta + rho g / ||g|| (||g|| over every parameter that has a gradient).
         grad_norm = torch.norm(torch.stack([p.grad.norm(2) for p in params if p.grad is not None]), 2)
         scale = self.rho / (grad_norm + 1e-12)
         origin = [p.detach().clone() for p in params]
@@ -236,14 +250,21 @@ class SarReference(ReferenceTTA):
         ent2 = softmax_entropy(self.model(x))[ids1]
         ids2 = torch.where(ent2 < self.e0)[0]
         self.kept.append(int(ids2.numel()))
-        if ids2.numel():
-            ent2[ids2].mean(0).backward()
+        loss2 = ent2[ids2].mean(0)
+        if not math.isnan(loss2.item()):
+            self.ema = loss2.item() if self.ema is None else 0.9 * self.ema + 0.1 * loss2.item()
+        loss2.backward()
         with torch.no_grad():
             for p, p0 in zip(params, origin):
                 p.copy_(p0)
-        if ids2.numel():
-            # SAM second step: the base optimiser steps from theta with the gradient taken at theta + e.
-            self.optimizer.step()
-            self.updates += 1
+        # SAM second step: the base SGD steps from theta with the gradient taken at theta + e.
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        if self.ema is not None and self.ema < self.reset_below:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(self.source[k])
+            self.resets.append(self.batches)
+        self.batches += 1
         return logits.detach()

@@ -26,9 +26,11 @@ from edgetta.contract import load_artifact
 from edgetta.runtime.adapter import Adapter
 from edgetta.runtime.config import load_config
 from tests.conftest import make_family_model
+from tests.parity_models import BATCH, BATCHES, NUM_CLASSES
 
 torch = pytest.importorskip("torch")
 
+from tests.parity_models import Probed, PrototypeTask, export_probe  # noqa: E402
 from tests.reference_tta import (  # noqa: E402
     EataReference,
     ReferenceTTA,
@@ -37,11 +39,9 @@ from tests.reference_tta import (  # noqa: E402
     fisher_diagonal,
 )
 
-BATCHES, BATCH = 20, 32
 PARAM_TOL = 1e-3  # norm-relative difference runtime vs torch, all trainable parameters concatenated
 AGREE_MIN = 0.995  # fraction of samples with the same pre-update prediction
 MOVED_MIN = 1e-2  # norm-relative distance from the source the reference must travel (>> PARAM_TOL)
-NUM_CLASSES = 10
 E0 = 0.4 * math.log(NUM_CLASSES)
 # SGD with momentum 0.9 as in the papers; lr as large as each method tolerates on this stream without
 # collapsing to one class within the 20 batches (Tent and SAR collapse by batch ~12 at lr 1e-2).
@@ -60,80 +60,10 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-class PrototypeTask:
-    """Ten random prototype images; a sample is its class prototype times a random amplitude plus noise."""
-
-    def __init__(self, shape: tuple[int, ...], seed: int = 0) -> None:
-        self.shape = tuple(shape[1:])
-        self.rng = np.random.default_rng(seed)
-        self.protos = self.rng.normal(size=(NUM_CLASSES, *self.shape)).astype(np.float32)
-
-    def sample(self, n: int, sigma: float, amp: tuple[float, float], rng: np.random.Generator):
-        labels = rng.integers(0, NUM_CLASSES, size=n)
-        scale = rng.uniform(*amp, size=(n,) + (1,) * len(self.shape))
-        x = self.protos[labels] * scale + sigma * rng.normal(size=(n, *self.shape))
-        return x.astype(np.float32), labels
-
-    def stream(self, seed: int) -> list[np.ndarray]:
-        """The test stream: a shifted domain (more noise, weaker signal) with a per-batch contrast and offset,
-        so entropies vary within and across batches."""
-        rng = np.random.default_rng(seed)
-        batches = []
-        for _ in range(BATCHES):
-            x, _ = self.sample(BATCH, sigma=2.0, amp=(0.3, 1.5), rng=rng)
-            batches.append((x * (1.0 + 0.3 * rng.normal()) + 0.5 * rng.normal()).astype(np.float32))
-        return batches
-
-
-def linear_probe_resnet_bn(task: PrototypeTask):
-    """make_family_model("resnet_bn") with BatchNorm statistics of the source domain and a ridge-regression
-    head on its pooled features (a few forwards instead of training), logits scaled so that about half of
-    the test stream lies below E0."""
-    model, _ = make_family_model("resnet_bn")
-    x, y = task.sample(256, sigma=1.0, amp=(0.5, 1.5), rng=task.rng)
-    feats: dict[str, torch.Tensor] = {}
-    hook = model.fc.register_forward_hook(lambda _m, inputs, _o: feats.__setitem__("f", inputs[0]))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: the running statistics become this batch's
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(x))
-    model.eval()
-    hook.remove()
-    f = feats["f"].double()
-    mu, sd = f.mean(0), f.std(0) + 1e-6
-    z = torch.cat([(f - mu) / sd, torch.ones(len(f), 1, dtype=f.dtype)], 1)
-    targets = 2.0 * torch.nn.functional.one_hot(torch.from_numpy(y), NUM_CLASSES).double() - 1.0
-    w = torch.linalg.solve(z.T @ z + torch.eye(z.shape[1], dtype=f.dtype), z.T @ targets)
-    scale = 8.0
-    with torch.no_grad():
-        model.fc.weight.copy_((scale * w[:-1] / sd[:, None]).T.float())
-        model.fc.bias.copy_((scale * (w[-1] - (mu / sd) @ w[:-1])).float())
-    return model
-
-
-@dataclass
-class Probed:
-    model: torch.nn.Module
-    path: Path
-    calib: np.ndarray
-    task: PrototypeTask
-
-
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory) -> Probed:
     """The linear-probe resnet_bn, exported once with 128 source-domain calibration samples (Fisher)."""
-    from edgetta.export import export_model
-
-    task = PrototypeTask((1, 3, 32, 32), seed=0)
-    model = linear_probe_resnet_bn(task)
-    calib, _ = task.sample(128, sigma=1.0, amp=(0.5, 1.5), rng=np.random.default_rng(11))
-    out = tmp_path_factory.mktemp("parity") / "resnet_bn_probe"
-    torch.manual_seed(1)
-    export_model(model, torch.randn(4, 3, 32, 32), out, calib=calib, calib_batch_size=64, verify=False)
-    return Probed(model, out, calib, task)
+    return export_probe(tmp_path_factory.mktemp("parity") / "resnet_bn_probe")
 
 
 @dataclass

@@ -56,6 +56,8 @@ class Method:
 
     name = "method"
     bn_alpha = 0.0  # blend of batch and running BN statistics the method normalises with
+    # True: the optimiser steps even when no sample keeps a weight (SAR's released code: momentum alone)
+    steps_without_samples = False
 
     def bind(self, engine: Engine, state: AdaptState, rails: RailPipeline, env: RailEnv) -> None:
         self.engine, self.state, self.rails, self.env = engine, state, rails, env
@@ -97,7 +99,7 @@ class Method:
         ctx.skip_update = held
         self.select(ctx)
         self.rails.before_update(ctx)
-        if not ctx.skip_update and np.any(ctx.weights > 0):
+        if not ctx.skip_update and (self.steps_without_samples or np.any(ctx.weights > 0)):
             self.gradients(x, ctx, out, outputs)
             if ctx.grads is not None:
                 self.rails.on_gradients(ctx)
