@@ -268,3 +268,140 @@ class SarReference(ReferenceTTA):
             self.resets.append(self.batches)
         self.batches += 1
         return logits.detach()
+
+
+def shuffle_patches(x: torch.Tensor, grid: int, perms: np.ndarray) -> torch.Tensor:
+    """DeYO's patch shuffling in torch (square images whose side is a multiple of ``grid``): cut each image
+    into grid x grid patches, output patch j of sample i = input patch perms[i, j], reassemble."""
+    n, c, h, w = x.shape
+    ph, pw = h // grid, w // grid
+    patches = x.reshape(n, c, grid, ph, grid, pw).permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, ph, pw)
+    patches = patches[torch.arange(n).unsqueeze(-1), torch.from_numpy(perms)]
+    return patches.reshape(n, grid, grid, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
+class DeyoReference(ReferenceTTA):
+    """DeYO as the authors released it (``forward_and_adapt_deyo``, patch transformation, both filters and
+    both reweightings on): entropy filter H < tau_ent; one no-grad forward of the kept samples alone with
+    their patches shuffled (BatchNorm on that subset's statistics); PLPD = p_y(x) - p_y(x~) with y the
+    argmax on x; keep PLPD > tau_plpd; loss = mean of H * (1/exp(H - e0) + 1/exp(-PLPD)) (coefficients
+    detached); step only when a sample is kept. Permutations: argsort of uniform draws from a numpy
+    generator seeded with ``seed`` (one draw per batch with a reliable sample), as the runtime draws them.
+    """
+
+    def __init__(
+        self, model: nn.Module, tau_ent: float, e0: float, tau_plpd: float = 0.2, grid: int = 4, seed: int = 0, **kwargs
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.tau_ent, self.e0, self.tau_plpd, self.grid = float(tau_ent), float(e0), float(tau_plpd), int(grid)
+        self.rng = np.random.default_rng(seed)
+        self.reliable: list[int] = []
+        self.kept: list[int] = []
+
+    def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        ent = softmax_entropy(logits)
+        ids1 = torch.where(ent < self.tau_ent)[0]
+        self.reliable.append(int(ids1.numel()))
+        if not ids1.numel():
+            self.kept.append(0)
+            return logits.detach()
+        perms = np.argsort(self.rng.random((ids1.numel(), self.grid * self.grid)), axis=1, kind="stable")
+        with torch.no_grad():
+            logits_prime = self.model(shuffle_patches(x[ids1].detach(), self.grid, perms))
+        probs = logits[ids1].softmax(1)
+        cls = probs.argmax(1, keepdim=True)
+        plpd = (torch.gather(probs, 1, cls) - torch.gather(logits_prime.softmax(1), 1, cls)).reshape(-1)
+        ids2 = torch.where(plpd > self.tau_plpd)[0]
+        self.kept.append(int(ids2.numel()))
+        if not ids2.numel():
+            return logits.detach()
+        ent_kept, plpd_kept = ent[ids1][ids2], plpd[ids2].detach()
+        coeff = 1.0 / torch.exp(ent_kept.detach() - self.e0) + 1.0 / torch.exp(-plpd_kept)
+        self._step(ent_kept.mul(coeff).mean(0))
+        return logits.detach()
+
+
+class FoaReference:
+    """FOA's loop (the authors' ``tta_library/foa.py``) on a torch model in eval mode (BatchNorm on running
+    statistics), searching a per-layer scale and shift of the BatchNorm affine parameters with CMA-ES
+    (``cma``, same options as the runtime): each batch evaluates ``es.ask()`` plus the previous best,
+    fitness = summed entropy + lambda (B/64) (squared distance of every BN layer's input batch mean/std to
+    its running statistics + of the classifier input's mean/std (N - 1) to the source ones), tells CMA-ES
+    all of them, predicts with the best candidate's head(f + mu_S - h), h an EMA (0.9) of the candidates'
+    mean features before this batch. The head is the model's own ``fc`` layer.
+    """
+
+    def __init__(
+        self, model: nn.Module, calib: torch.Tensor, lam: float = 0.4, sigma0: float = 0.1, seed: int = 2020
+    ) -> None:
+        import cma
+
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.bns = [(n, m) for n, m in self.model.named_modules() if isinstance(m, BATCH_NORMS)]
+        self.source = {n: (m.weight.detach().clone(), m.bias.detach().clone()) for n, m in self.bns}
+        self.spread = {n: float(w.abs().mean()) for n, (w, _) in self.source.items()}
+        self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for n, m in self.bns:
+            m.register_forward_hook(self._bn_hook(n))
+        self.model.fc.register_forward_hook(lambda _m, inputs, _o: self.stats.__setitem__("features", inputs[0]))
+        with torch.no_grad():
+            self.model(calib)
+        f = self.stats["features"].double()
+        self.f_std, self.f_mean = torch.std_mean(f, dim=0)
+        self.lam = lam
+        rng = np.random.default_rng(seed)
+        cma_options = {"randn": lambda *shape: rng.standard_normal(shape), "seed": float("nan"), "verbose": -9}
+        cma_options["maxiter"] = float("inf")
+        self.es = cma.CMAEvolutionStrategy([0.0] * (2 * len(self.bns)), sigma0, inopts=cma_options)
+        self.best = np.zeros(2 * len(self.bns))
+        self.hist: torch.Tensor | None = None
+        self.chosen: list[int] = []
+
+    def _bn_hook(self, name: str):
+        def hook(_m, inputs, _o):
+            x = inputs[0].double()
+            self.stats[name] = (x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False))
+
+        return hook
+
+    def _set(self, z: np.ndarray) -> None:
+        n = len(self.bns)
+        with torch.no_grad():
+            for i, (name, m) in enumerate(self.bns):
+                w, b = self.source[name]
+                m.weight.copy_(w * (1.0 + float(z[i])))
+                m.bias.copy_(b + float(z[n + i]) * self.spread[name])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift = None if self.hist is None else self.f_mean - self.hist
+        candidates = [np.asarray(z, np.float64) for z in self.es.ask()] + [self.best]
+        scores, means, best = [], [], None
+        with torch.no_grad():
+            for z in candidates:
+                self._set(z)
+                logits = self.model(x)
+                disc = 0.0
+                for name, m in self.bns:
+                    mu, var = self.stats[name]
+                    disc += float(((mu - m.running_mean.double()) ** 2).sum())
+                    disc += float(((var.sqrt() - m.running_var.double().sqrt()) ** 2).sum())
+                f = self.stats["features"]
+                sd, mu = torch.std_mean(f.double(), dim=0)
+                disc += float(((sd - self.f_std) ** 2).sum() + ((mu - self.f_mean) ** 2).sum())
+                score = float(softmax_entropy(logits).double().sum()) + self.lam * disc * len(x) / 64
+                if best is None or score < min(scores):
+                    best = (logits, f)
+                scores.append(score)
+                means.append(mu)
+        self.es.tell(candidates, scores)
+        self.chosen.append(int(np.argmin(scores)))
+        self.best = candidates[self.chosen[-1]].copy()
+        logits, f = best
+        if shift is not None:
+            with torch.no_grad():
+                logits = self.model.fc((f.double() + shift).float())
+        mean = torch.stack(means).mean(0)
+        self.hist = mean if self.hist is None else 0.9 * self.hist + 0.1 * mean
+        return logits
