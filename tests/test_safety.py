@@ -492,6 +492,7 @@ def test_build_rails_from_names_and_mappings():
 
 
 EXPECTED_ORDER = [
+    "signal_quality",
     "nonfinite_guard",
     "label_shift_guard",
     "batch_entropy_gate",

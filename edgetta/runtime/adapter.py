@@ -31,7 +31,7 @@ from edgetta.runtime.methods import Method, StepOutput
 from edgetta.runtime.state import AdaptState
 from edgetta.runtime.window import SlidingWindow
 from edgetta.safety import RailPipeline, build_rails
-from edgetta.safety.base import RESET_SOURCE, Event, RailEnv, RailUnavailable
+from edgetta.safety.base import RESET_SOURCE, Event, RailEnv, RailUnavailable, ScreenContext
 
 if TYPE_CHECKING:
     from edgetta.engines import Engine
@@ -51,6 +51,7 @@ class BatchResult:
     skipped: list[str | None]  # reason per row, None when processed
     updated: bool = False
     events: list[Event] = field(default_factory=list)
+    excluded: np.ndarray | None = None  # bool [N]: predicted but kept out of adaptation (flags + a screening rail)
 
 
 class Adapter:
@@ -72,6 +73,7 @@ class Adapter:
         self._pending: list[Event] = []
         self._windowed: bool | None = None
         self._preprocess_noted = False
+        self._flags_noted = False
         self._fallbacks_seen = 0
         self._source_override: dict[str, np.ndarray] = {}  # set_source_params: tensors replacing the artifact's
         self.source_version: int | None = None
@@ -138,8 +140,13 @@ class Adapter:
         self._pending.append(Event(self.batches, RUNTIME, kind, reason, data))
 
     # -- processing ------------------------------------------------------------------------------------
-    def process(self, x: Any) -> BatchResult:
-        """Predict (and adapt on) one call's rows. Bad rows get a skip reason and never reach the model."""
+    def process(self, x: Any, flags: Any = None) -> BatchResult:
+        """Predict (and adapt on) one call's rows. Bad rows get a skip reason and never reach the model.
+
+        ``flags`` (optional, one per row: a reason string, True, or None/False = fine) marks rows the caller
+        does not trust (a signal-quality check). Rails that screen (``signal_quality``) exclude them: they
+        are predicted, with the current state, but never enter an update, the sliding window or any batch
+        whose statistics the model normalises with or adapts to. Without such a rail flags change nothing."""
         prepared = self.inputs.prepare(x)
         n, c = len(prepared.skipped), self.artifact.num_classes
         result = BatchResult(
@@ -155,8 +162,9 @@ class Adapter:
             )
         good = prepared.index
         self.totals["skipped"] += n - len(good)
+        exclude = self._screen(flags, n, good, result)
         if len(good):
-            out = self._step(prepared.rows)
+            out = self._step_excluding(prepared.rows, exclude) if exclude.any() else self._step(prepared.rows)
             result.logits[good] = out.logits
             result.preds[good] = np.argmax(out.logits, axis=1)
             result.entropy[good] = out.entropy
@@ -173,6 +181,58 @@ class Adapter:
             self.event_counts[event.kind] += 1
         self.batches += 1
         return result
+
+    def _screen(self, flags: Any, n: int, good: np.ndarray, result: BatchResult) -> np.ndarray:
+        """Per good row: excluded from adaptation (caller's flags, decided by the screening rails)."""
+        exclude = np.zeros(len(good), bool)
+        if flags is None:
+            return exclude
+        if isinstance(flags, (str, bytes)) or len(flags) != n:
+            got = "a string" if isinstance(flags, (str, bytes)) else f"{len(flags)} flags"
+            raise DataError(f"flags: {got} for {n} rows; pass one flag per row (a reason, True, or None)")
+        reasons = [None if f is None or f is False else ("flagged" if f is True else str(f)) for f in flags]
+        if not self.rails.screens:
+            if any(reasons) and not self._flags_noted:
+                self._flags_noted = True
+                self._note("flags", "rows are flagged but no rail screens them (add signal_quality to rails)")
+            return exclude
+        ctx = ScreenContext(self.batches, [reasons[i] for i in good], exclude)
+        self.rails.screen(ctx)
+        result.events.extend(ctx.events)
+        full = np.zeros(n, bool)
+        full[good] = ctx.exclude
+        result.excluded = full
+        self.totals["excluded"] += int(ctx.exclude.sum())
+        return np.asarray(ctx.exclude, bool)
+
+    def _step_excluding(self, rows: np.ndarray, exclude: np.ndarray) -> StepOutput:
+        """Adapt on the rows kept; predict the excluded ones afterwards without any update."""
+        n, keep = len(rows), ~exclude
+        logits = np.empty((n, self.artifact.num_classes), np.float32)
+        entropy = np.empty(n, np.float32)
+        out = StepOutput(logits, entropy)
+        if keep.any():
+            kept = self._step(rows[keep])
+            logits[keep], entropy[keep] = kept.logits, kept.entropy
+            out.updated, out.events = kept.updated, kept.events
+            out.forward_passes, out.backward_passes = kept.forward_passes, kept.backward_passes
+        flagged = self._predict_only(rows[exclude])
+        logits[exclude], entropy[exclude] = flagged.logits, flagged.entropy
+        out.forward_passes += flagged.forward_passes
+        return out
+
+    def _predict_only(self, rows: np.ndarray) -> StepOutput:
+        """Predictions that change nothing: with a window, inside the rows it holds (the flagged rows are not
+        added to it); a call that cannot update."""
+        if self.window is None:
+            return self.method.step(rows, self.batches, update=False)
+        context = [np.stack(self.window.rows)] if len(self.window) else []
+        batch = np.concatenate([*context, rows])
+        if len(batch) < self.config.min_batch:
+            return self._source_prediction(rows)
+        out = self.method.step(batch, self.batches, update=False)
+        out.logits, out.entropy = out.logits[-len(rows) :], out.entropy[-len(rows) :]
+        return out
 
     def _step(self, rows: np.ndarray) -> StepOutput:
         """The method's step on ``rows``, through the sliding window when the call is too small."""

@@ -7,6 +7,9 @@ a rail that acts on nothing the method offers is refused at config load).
 
 A step runs in phases and every rail gets a hook per phase (all optional):
 
+-. ``screen(ctx)`` before the call's rows reach the method, with a :class:`ScreenContext`: may exclude rows
+   the caller flagged (``Adapter.process(x, flags=...)``) from every update and statistics estimate; they
+   are still predicted (signal-quality rail).
 0. ``choose_statistics(ctx)`` before the predictions are fixed, with a :class:`StatisticsContext`: may run
    forwards at other BN statistics (``ctx.forward``) and replace the batch's forward with one of them
    (``ctx.replace``): the predictions then come from that forward and the batch does not update
@@ -109,6 +112,21 @@ class StatisticsContext:
 
 
 @dataclass
+class ScreenContext:
+    """Before a call's rows reach the method: the reason each row was flagged by the caller (``flags``, None =
+    not flagged, e.g. a signal-quality check) and which rows to keep out of every update and statistics
+    estimate (``exclude``, bool per row). Excluded rows are still predicted."""
+
+    batch_index: int
+    flags: list[str | None]
+    exclude: np.ndarray
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, rail: str, kind: str, reason: str, **data: Any) -> None:
+        self.events.append(Event(self.batch_index, rail, kind, reason, data))
+
+
+@dataclass
 class StepContext:
     batch_index: int
     update_count: int
@@ -157,6 +175,9 @@ class Rail:
 
     def bind(self, env: RailEnv) -> None:
         """Receive deployment facts (class count, source params, Fisher) before the first step."""
+
+    def screen(self, ctx: ScreenContext) -> None:
+        """Before the step: mark caller-flagged rows in ``ctx.exclude`` to keep them out of adaptation."""
 
     def choose_statistics(self, ctx: StatisticsContext) -> None:
         pass

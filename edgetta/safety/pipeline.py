@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgetta.errors import CheckpointError, ConfigError
-from edgetta.safety.base import Rail, StatisticsContext, StepContext, Target
+from edgetta.safety.base import Rail, ScreenContext, StatisticsContext, StepContext, Target
 
 __all__ = ["RailPipeline", "rail_order_key"]
 
@@ -69,7 +69,16 @@ class RailPipeline:
     def remove(self, rail: Rail) -> None:
         self.rails.remove(rail)
 
+    @property
+    def screens(self) -> bool:
+        """True when a rail may exclude caller-flagged rows (it overrides ``screen``)."""
+        return any(type(rail).screen is not Rail.screen for rail in self.rails)
+
     # -- phases ----------------------------------------------------------------------------------
+    def screen(self, ctx: ScreenContext) -> None:
+        for rail in self.rails:
+            rail.screen(ctx)
+
     def choose_statistics(self, ctx: StatisticsContext) -> None:
         for rail in self.rails:
             if ctx.replaced is not None:

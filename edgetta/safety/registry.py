@@ -19,6 +19,7 @@ from edgetta.safety.label_shift import LabelShiftGuard
 from edgetta.safety.nonfinite import NonfiniteGuard
 from edgetta.safety.periodic import PeriodicReset
 from edgetta.safety.restore import StochasticRestore
+from edgetta.safety.signal_quality import SignalQuality
 from edgetta.safety.trust_region import TrustRegion
 
 __all__ = ["RAILS", "build_rail", "build_rails", "rail_arguments"]
@@ -37,6 +38,7 @@ RAILS: dict[str, type[Rail]] = {
         NonfiniteGuard,
         TrustRegion,
         LabelShiftGuard,
+        SignalQuality,
     )
 }
 

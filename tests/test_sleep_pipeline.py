@@ -1,0 +1,97 @@
+"""The sleep pipeline: stage command end to end, the per-epoch CSV, metrics, the signal-quality rail inside
+the pipeline (flagged epochs never adapt), and the hard reset at each new record."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from edgetta.sleep.metrics import report
+from edgetta.sleep.pipeline import DEFAULT_ARTIFACT, make_adapters, stage_night
+from edgetta.sleep.report import EPOCH_COLUMNS, night_metrics, write_epochs_csv
+
+RATE, T = 100.0, 3000
+
+
+def night(seed: int, n: int = 80, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A small EEG-like night in microvolts: per-stage rhythms over noise (not the synthetic cohort)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(rng.integers(0, 5, n // 8 + 1), 8)[:n]
+    t = np.arange(T) / RATE
+    freq = {0: 10.0, 1: 6.0, 2: 13.0, 3: 1.5, 4: 5.0}
+    amp = {0: 20.0, 1: 15.0, 2: 10.0, 3: 60.0, 4: 8.0}
+    eeg = np.stack(
+        [amp[k] * np.sin(2 * np.pi * freq[k] * t + rng.random() * 6) + 5 * rng.standard_normal(T) for k in labels]
+    )
+    return (gain * eeg).astype(np.float32), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def adapters():
+    return make_adapters()
+
+
+def test_the_bundled_artifact_says_it_is_synthetic_trained() -> None:
+    manifest = json.loads((DEFAULT_ARTIFACT / "manifest.json").read_text())
+    assert manifest["training"]["synthetic"] is True
+    assert "synthetic" in (DEFAULT_ARTIFACT / "README.md").read_text().lower()
+    assert manifest["class_names"] == ["W", "N1", "N2", "N3", "REM"]
+    assert sum(p.stat().st_size for p in DEFAULT_ARTIFACT.iterdir()) < 2_000_000
+
+
+def test_flagged_epochs_are_staged_but_never_adapt(adapters) -> None:
+    """Electrode pops on some epochs: they are staged and flagged, never adapt, and every other epoch is
+    staged exactly as in the same night without them."""
+    eeg, labels = night(1, gain=1.7)
+    bad = [5, 6, 30, 61]
+    popped = eeg.copy()
+    popped[bad] = 3000.0 * np.sign(np.sin(np.arange(T)))[None]  # saturated square wave: amplitude beyond bound
+    staged = stage_night(popped, adapters, labels=labels, record_id="popped")
+    assert [i for i, f in enumerate(staged.flagged) if f] == bad
+    assert not staged.updated[bad].any() and staged.updated.sum() > 0
+    assert (staged.adapted[bad] >= 0).all()  # still staged
+    excluded = [i for i, ev in enumerate(staged.events) if any(e["kind"] == "exclude" for e in ev)]
+    assert excluded == bad
+    good = [i for i in range(len(eeg)) if i not in bad]
+    clean = stage_night(eeg[good], adapters, labels=labels[good], record_id="clean")
+    np.testing.assert_allclose(staged.probs[good], clean.probs, atol=1e-5)
+
+
+def test_each_record_starts_from_the_source_state(adapters) -> None:
+    a, la = night(2, gain=2.5)
+    b, lb = night(3, gain=0.6)
+    stage_night(a, adapters, labels=la, record_id="A")
+    after_a = stage_night(b, adapters, labels=lb, record_id="B")
+    fresh = stage_night(b, make_adapters(), labels=lb, record_id="B")
+    np.testing.assert_allclose(after_a.probs, fresh.probs, atol=1e-6)
+    first = after_a.events[0][0]
+    assert first["kind"] == "reset" and first["reason"] == "new record B" and first["target"] == "source"
+    assert after_a.updated.any()
+
+
+def test_epochs_csv_and_metrics_agree(tmp_path, adapters) -> None:
+    eeg, labels = night(4)
+    labels[:3] = -1  # unscored epochs: no true stage, left out of the metrics
+    staged = stage_night(eeg, adapters, labels=labels, record_id="r")
+    write_epochs_csv(staged, tmp_path / "epochs.csv")
+    with open(tmp_path / "epochs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == EPOCH_COLUMNS and len(rows) == len(eeg)
+    assert [r["true_stage"] for r in rows[:3]] == ["", "", ""]
+    assert float(rows[1]["onset_s"]) == 30.0
+    stages = ["W", "N1", "N2", "N3", "REM"]
+    probs = np.array([[float(r[f"p_{s}"]) for s in stages] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+    assert [stages.index(r["adapted_stage"]) for r in rows] == probs.argmax(1).tolist()
+    truth = [stages.index(r["true_stage"]) for r in rows[3:]]
+    metrics = night_metrics(staged)
+    for which in ("frozen", "adapted"):
+        pred = [stages.index(r[f"{which}_stage"]) for r in rows[3:]]
+        assert metrics[which] == report(truth, pred)
+    assert metrics["scored_epochs"] == len(eeg) - 3
+    assert metrics["run"]["adapted"] == sum(int(r["adapted"]) for r in rows)
+    assert metrics["run"]["gated"] == sum(int(r["gated"]) for r in rows)
+    assert all(int(r["adapted"]) + int(r["gated"]) <= 1 for r in rows)
