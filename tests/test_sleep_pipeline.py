@@ -95,3 +95,27 @@ def test_epochs_csv_and_metrics_agree(tmp_path, adapters) -> None:
     assert metrics["run"]["adapted"] == sum(int(r["adapted"]) for r in rows)
     assert metrics["run"]["gated"] == sum(int(r["gated"]) for r in rows)
     assert all(int(r["adapted"]) + int(r["gated"]) <= 1 for r in rows)
+
+
+def test_the_daemon_replays_an_edf_night_with_stablesleep(tmp_path) -> None:
+    """configs/daemon-sleep-edf.yaml as written (its paths under tmp_path): one record per epoch, with the
+    stablesleep rails reported in the events file."""
+    edfio = pytest.importorskip("edfio")
+    import yaml
+
+    from edgetta.daemon import Daemon, load_daemon_config
+    from tests.daemon_helpers import REPO, records
+
+    eeg, _ = night(5, n=24)
+    (tmp_path / "recordings").mkdir()
+    signal = edfio.EdfSignal(eeg.reshape(-1).astype(np.float64), RATE, label="EEG Fpz-Cz", physical_range=(-500, 500))
+    edfio.Edf([signal]).write(tmp_path / "recordings/night1.edf")
+    config = tmp_path / "daemon-sleep-edf.yaml"
+    config.write_text((REPO / "configs/daemon-sleep-edf.yaml").read_text())
+    assert yaml.safe_load(config.read_text())["adapt"] == {"preset": "stablesleep"}
+    summary = Daemon(load_daemon_config(config)).run()
+    assert summary.exit_code == 0 and summary.streams["night1"]["processed"] == 24
+    out = records(tmp_path / "out/night1.jsonl")
+    assert [r["index"] for r in out] == list(range(24)) and all(len(r["probs"]) == 5 for r in out)
+    rails = {e["rail"] for e in records(tmp_path / "out/night1.events.jsonl")}
+    assert "runtime" in rails
