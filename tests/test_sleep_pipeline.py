@@ -119,3 +119,74 @@ def test_the_daemon_replays_an_edf_night_with_stablesleep(tmp_path) -> None:
     assert [r["index"] for r in out] == list(range(24)) and all(len(r["probs"]) == 5 for r in out)
     rails = {e["rail"] for e in records(tmp_path / "out/night1.events.jsonl")}
     assert "runtime" in rails
+
+
+@pytest.fixture(scope="module")
+def short_cohort(tmp_path_factory):
+    """Two short SYNTHETIC nights written as EDF+ pairs (one clean, one with a gain shift)."""
+    from edgetta.sleep.synth import write_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    return write_cohort(out, 2, seed=7, shifts=[None, "gain"], hours=0.75)
+
+
+def test_stage_command_end_to_end(tmp_path, short_cohort, capsys) -> None:
+    from edgetta.cli import main
+
+    rec = short_cohort[0]
+    out = tmp_path / "out"
+    assert main(["sleep", "stage", str(rec.psg), "--hypnogram", str(rec.hypnogram), "--out", str(out)]) == 0
+    with open(out / "epochs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == EPOCH_COLUMNS and 0 < len(rows) <= rec.epochs
+    assert all(r["true_stage"] in ("W", "N1", "N2", "N3", "REM") for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["frozen"]["confusion_rows"] == ["W", "N1", "N2", "N3", "REM"]
+    assert np.array(metrics["adapted"]["confusion"]).sum() == len(rows) == metrics["scored_epochs"]
+    assert metrics["recipe"] == "stablesleep" and metrics["run"]["events"]["runtime:reset"] == 1
+    printed = capsys.readouterr().out
+    assert "kappa" in printed and "(frozen -> adapted)" in printed
+    if (out / "hypnogram.png").exists():
+        assert (out / "hypnogram.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "matplotlib is not installed" in printed
+    # without a hypnogram: no true stage, no metrics
+    bare = tmp_path / "bare"
+    assert main(["sleep", "stage", str(rec.psg), "--out", str(bare), "--median", "3"]) == 0
+    with open(bare / "epochs.csv", newline="") as f:
+        assert {r["true_stage"] for r in csv.DictReader(f)} == {""}
+    assert not (bare / "metrics.json").exists()
+
+
+def test_eval_and_synth_commands(tmp_path, short_cohort, capsys) -> None:
+    from edgetta.cli import main
+
+    folder = short_cohort[0].psg.parent
+    assert main(["sleep", "eval", str(folder), "--out", str(tmp_path / "eval")]) == 0
+    cohort = json.loads((tmp_path / "eval/metrics.json").read_text())
+    from edgetta.sleep.sleepedf import find_pairs
+
+    assert [r["record"] for r in cohort["records"]] == [p.record_id for p in find_pairs(folder)]
+    assert len(cohort["records"]) == 2 and (tmp_path / "eval/records").is_dir()
+    table = (tmp_path / "eval/cohort.md").read_text().splitlines()
+    assert table[0].startswith("| record |") and table[-1].startswith("| pooled |") and len(table) == 5
+    pooled = cohort["pooled"]["adapted"]
+    assert pooled["epochs"] == sum(r["scored_epochs"] for r in cohort["records"])
+    assert "2 records: mean kappa" in capsys.readouterr().out
+    assert main(["sleep", "synth", "--subjects", "1", "--hours", "0.3", "--out", str(tmp_path / "s")]) == 0
+    assert len(list((tmp_path / "s").glob("*PSG.edf"))) == 1
+
+
+def test_bad_input_is_one_line(tmp_path, capsys) -> None:
+    from edgetta.cli import main
+
+    assert main(["sleep", "stage", str(tmp_path / "missing.edf"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("x")
+    assert main(["sleep", "eval", str(tmp_path), "--out", str(tmp_path / "file")]) == 2
+    assert "holds no PSG/hypnogram EDF pairs" in capsys.readouterr().err
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    assert main(["sleep", "synth", "--subjects", "0", "--out", str(folder)]) == 2
+    assert "at least 1" in capsys.readouterr().err

@@ -16,6 +16,7 @@ runtime decision is kept per epoch: updated, gated (an entropy gate paused the u
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class StagedNight:
     events: list[list[dict[str, Any]]]
     median: int = 1
     info: dict[str, Any] = field(default_factory=dict)
+    latency: np.ndarray = field(default_factory=lambda: np.zeros(0))  # s per adapted call (batch 1, with its update)
 
     @property
     def labelled(self) -> bool:
@@ -117,8 +119,11 @@ def stage_night(
     logits = np.zeros((n, k), np.float32)
     updated, gated = np.zeros(n, bool), np.zeros(n, bool)
     events: list[list[dict[str, Any]]] = []
+    latency = np.zeros(n)
     for i in range(n):
+        started = time.perf_counter()
         result = adapter.process(x[i : i + 1], flags=[flags[i]])
+        latency[i] = time.perf_counter() - started
         logits[i] = result.logits[0]
         updated[i] = result.updated
         epoch_events = [e.to_json() for e in result.events]
@@ -148,4 +153,5 @@ def stage_night(
         events=events,
         median=median,
         info={"recipe": adapter.config.name, "artifact": adapter.artifact.path.name},
+        latency=latency,
     )
