@@ -99,14 +99,17 @@ def main() -> int:
                 flush=True,
             )
         lat = np.concatenate(latency) * 1000.0
-        by_shift = {
-            s: _row([r for r in records if r["shift"] == s]) for s in ["clean", *SHIFTS] if any(r["shift"] == s for r in records)
-        }
+        present = [s for s in ["clean", *SHIFTS] if any(r["shift"] == s for r in records)]
+        by_shift = {s: _row([r for r in records if r["shift"] == s]) for s in present}
         results["recipes"][name] = {
             "all": _row(records),
             "hurt_fraction": float(np.mean([r["delta_kappa"] < -0.02 for r in records])),
             "by_shift": by_shift,
-            "latency_ms": {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)), "max": float(lat.max())},
+            "latency_ms": {
+                "median": float(np.median(lat)),
+                "p95": float(np.percentile(lat, 95)),
+                "max": float(lat.max()),
+            },
             "per_record": [
                 {
                     "record": r["record"],
