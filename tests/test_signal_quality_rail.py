@@ -38,7 +38,8 @@ def _assert_same_state(a: Adapter, b: Adapter) -> None:
     sa, sb = _state(a), _state(b)
     assert sa.keys() == sb.keys()
     for k in sa:
-        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+        # equal up to float32 rounding (the engine may run a folded graph in one and not the other)
+        np.testing.assert_allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert a.state.update_count == b.state.update_count
 
 
