@@ -124,7 +124,8 @@ def test_unhealthy_bundle_rolls_back_and_device_keeps_last_good(device, artifact
     assert result.reason and (kind != "collapse" or "one class" in result.reason)
     assert store.active == "a" and store.applied_version == 1 and adapter.source_version == 1
     assert store.last["outcome"] == "rolled_back" and store.last["code"] == kind
-    np.testing.assert_array_equal(adapter.process(x[64:128]).logits, before)
+    # same parameters; the engine may run a folded copy of the graph, so equal to float32 rounding, not bitwise
+    np.testing.assert_allclose(adapter.process(x[64:128]).logits, before, rtol=1e-5, atol=2e-5)
     reopened = SlotStore(store.root, artifact)
     assert reopened.recovery.version == 1 and reopened.applied_version == 1
     np.testing.assert_array_equal(reopened.recovery.params["bn1.weight"], good["bn1.weight"])
