@@ -160,7 +160,7 @@ def test_queue_survives_sigkill(tmp_path: Path) -> None:
 class FakeCloud:
     """An HTTP server speaking the sync API: checks the bearer token, refuses uploads with 503 while ``down``."""
 
-    def __init__(self, token: str = "tok-1") -> None:
+    def __init__(self, token: str = "tok-1", port: int = 0) -> None:
         self.token = token
         self.down = False
         self.uploads: list[dict[str, Any]] = []
@@ -218,7 +218,7 @@ class FakeCloud:
                 else:
                     self._reply(404, b'{"detail": "no such thing"}')
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -299,8 +299,9 @@ class GatedLive:
     live = True
     preprocessor = None
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
         self.name = "gated"
+        self.start = start
         self.allowed = 0
         self.closed = threading.Event()
         self.cond = threading.Condition()
@@ -317,7 +318,8 @@ class GatedLive:
     def __iter__(self) -> Any:
         from edgetta.streams.items import Item
 
-        i = 0
+        i = self.start
+        self.allowed += self.start
         while not self.closed.is_set():
             with self.cond:
                 while i >= self.allowed and not self.closed.is_set():
@@ -364,38 +366,54 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def test_daemon_keeps_predicting_while_the_cloud_is_down_and_the_queue_catches_up(tmp_path: Path, cloud: FakeCloud):
+    """The server is killed: the device goes on predicting and queueing; the queue outlives a restart of the
+    device too, and drains once a server answers on the same address again."""
     from tests.daemon_helpers import Background, scrape
 
-    cloud.down = True
+    config = sync_config(tmp_path, cloud)
+    port = cloud.server.server_address[1]
+    cloud.close()  # the server is gone: connections are refused
     source = GatedLive()
-    bg = Background(sync_config(tmp_path, cloud), open_source=lambda *a, **k: source)
+    bg = Background(config, open_source=lambda *a, **k: source)
     out = tmp_path / "out/cam.jsonl"
     try:
         source.release(64)
         wait_until(lambda: len(lines(out)) == 64)  # predictions go on while no upload succeeds
+        wait_until(lambda: bg.daemon.sync.uploader.failures >= 2)
+        assert len(bg.daemon.sync.queue) == 64
+    finally:
+        bg.stop()
+    assert (tmp_path / "state/sync/queue.sqlite").is_file()
+    source = GatedLive(start=64)
+    bg = Background(config, open_source=lambda *a, **k: source)  # the device restarts, the server is still down
+    revived = None
+    try:
         sync = bg.daemon.sync
-        wait_until(lambda: sync.uploader.failures >= 2)
-        assert len(sync.queue) == 64 and not cloud.uploads
-        assert (tmp_path / "state/sync/queue.sqlite").is_file()
-        cloud.down = False
+        assert len(sync.queue) == 64  # the queue survived the restart
+        source.release(16)
+        wait_until(lambda: len(lines(out)) == 80)
+        revived = FakeCloud(port=port)  # a server answers again on the same address
         wait_until(lambda: len(sync.queue) == 0)
-        source.release(32)
-        wait_until(lambda: len(cloud.received()) == 96)
+        source.release(16)
+        wait_until(lambda: len(revived.received()) == 96)
         uploaded = 'edgetta_sync_samples_total{outcome="uploaded"} 96.0'
         wait_until(lambda: uploaded in scrape(bg.daemon, "/metrics")[1])  # counted right after the server's 200
         status, text = scrape(bg.daemon, "/metrics")
-        assert 'edgetta_sync_samples_total{outcome="seen"} 96.0' in text
+        assert 'edgetta_sync_samples_total{outcome="seen"} 32.0' in text  # this run's inputs
         assert "edgetta_sync_queue_depth 0.0" in text and "edgetta_sync_bundle_version -1.0" in text
+        assert 'edgetta_sync_failures_total{stage="upload"}' in text
     finally:
         summary = bg.stop()
-    assert summary.streams["cam"]["processed"] == 96
-    assert summary.streams["cam"]["sync"]["queue_uploaded"] == 96
+        if revived is not None:
+            got = revived.received()
+            revived.close()
+    assert summary.streams["cam"]["processed"] == 96  # totals carry over the restart
+    assert summary.streams["cam"]["sync"]["queue_uploaded"] == 96 and summary.streams["cam"]["sync"]["seen"] == 96
     # every uploaded row is the model input of a processed image (uint8 frames after the manifest's preprocessing)
     from tests.daemon_helpers import ASSETS
 
     with np.load(ASSETS / "demo_stream.npz") as data:
         expected = (data["images"][:96, None].astype(np.float32) / 255.0 - 0.286) / 0.353
-    got = cloud.received()
     assert got.shape == (96, 1, 28, 28) and np.allclose(
         np.sort(got.sum(axis=(1, 2, 3))), np.sort(expected.sum(axis=(1, 2, 3))), atol=1e-2
     )
