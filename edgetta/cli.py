@@ -63,6 +63,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         calib=calib,
         verify=args.verify,
         preprocess=preprocess,
+        progress=args.progress,
     )
     from edgetta.runtime.inspect import describe
 
@@ -185,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="check both graphs against a float64 torch reference (default: on)",
     )
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="print each export stage with its time on stderr (default: only when stderr is a terminal)",
+    )
+    shown.add_argument("--quiet", dest="progress", action="store_false", default=None, help="print no stage messages")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="describe an artifact and verify its file hashes")

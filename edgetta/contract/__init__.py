@@ -1,8 +1,8 @@
 """The artifact contract (version 1), defined once: names and roles, the norm-layer record, the typed
 manifest and the loaded artifact. numpy, json, hashlib and safetensors only; every other layer imports it.
 
-An artifact is a directory holding ``manifest.json``, ``infer.onnx``, ``adapt.onnx`` and
-``params.safetensors`` (README "The artifact").
+An artifact is a directory holding ``manifest.json``, ``infer.onnx``, ``adapt.onnx``,
+``params.safetensors`` and ``weights.bin`` (README "The artifact").
 """
 
 from edgetta.contract.artifact import Artifact, check_hashes, load_artifact, sha256_file
@@ -29,6 +29,7 @@ from edgetta.contract.names import (
     OUTPUT_ROLES,
     PARAMS_FILE,
     SOURCE_FEATURE_MEAN,
+    WEIGHTS_FILE,
     batch_stat_names,
     grad_name,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "OUTPUT_ROLES",
     "PARAMS_FILE",
     "SOURCE_FEATURE_MEAN",
+    "WEIGHTS_FILE",
     "batch_stat_names",
     "check_hashes",
     "grad_name",

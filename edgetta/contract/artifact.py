@@ -29,9 +29,8 @@ def sha256_file(path: str | Path) -> str:
 def check_hashes(path: str | Path, manifest: Manifest) -> list[str]:
     """Return one message per file whose sha256 differs from the manifest (empty when intact)."""
     directory = Path(path)
-    entries = [(f"graphs.{which}", entry) for which, entry in manifest.graphs.items()] + [("params", manifest.params)]
     problems = []
-    for role, entry in entries:
+    for role, entry in manifest.files():
         file_path = directory / entry.file
         if not file_path.is_file():
             problems.append(f"{role}: file {entry.file} is missing")

@@ -64,7 +64,8 @@ class FisherInfo:
 @dataclass(frozen=True)
 class Manifest:
     """Everything the runtime reads from ``manifest.json``. ``raw``: the original dict, for display only
-    (exporter versions, verification figures, TensorRT lint result)."""
+    (exporter versions, verification figures, TensorRT lint result). ``weights``: the external-data file both
+    graphs read their frozen weights from (None in artifacts that embed the weights in each graph)."""
 
     input: InputSpec
     num_classes: int
@@ -80,6 +81,7 @@ class Manifest:
     opset: int | None = None
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
+    weights: FileEntry | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def input_name(self, role: str) -> str:
@@ -89,6 +91,11 @@ class Manifest:
     def output_name(self, role: str) -> str | None:
         """The graph name of the output with this role, None when the graphs do not have it."""
         return self.outputs.get(role)
+
+    def files(self) -> list[tuple[str, FileEntry]]:
+        """(role, entry) of every file the manifest lists with a hash: the graphs, params and weights."""
+        entries = [(f"graphs.{which}", entry) for which, entry in self.graphs.items()] + [("params", self.params)]
+        return entries + ([("weights", self.weights)] if self.weights else [])
 
     def to_json(self) -> dict[str, Any]:
         """The contract's part of manifest.json (an exporter adds its display entries to it)."""
@@ -101,6 +108,7 @@ class Manifest:
             "class_names": list(self.class_names),
             "graphs": {which: entry.to_json() for which, entry in self.graphs.items()},
             "params": self.params.to_json(),
+            "weights": self.weights.to_json() if self.weights else None,
             "inputs": dict(self.inputs),
             "outputs": dict(self.outputs),
             "classifier": self.classifier,
@@ -140,6 +148,7 @@ def _parse(data: Mapping[str, Any]) -> Manifest:
     if absent:
         raise KeyError(f"outputs.{absent[0]}")
     fisher = data.get("fisher")
+    weights = data.get("weights")
     return Manifest(
         format=data["format"],
         version=int(data["version"]),
@@ -154,6 +163,7 @@ def _parse(data: Mapping[str, Any]) -> Manifest:
         class_names=tuple(str(c) for c in data["class_names"]),
         graphs=MappingProxyType({which: _file_entry(entry) for which, entry in graphs.items()}),
         params=_file_entry(data["params"]),
+        weights=_file_entry(weights) if weights else None,
         inputs=MappingProxyType(inputs),
         outputs=MappingProxyType(outputs),
         norm_layers=tuple(NormLayer.from_json(row) for row in data["norm_layers"]),

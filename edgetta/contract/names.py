@@ -13,6 +13,8 @@ MANIFEST_FILE = "manifest.json"
 INFER_FILE = "infer.onnx"
 ADAPT_FILE = "adapt.onnx"
 PARAMS_FILE = "params.safetensors"
+# The frozen weights shared by both graphs as ONNX external data (absent in artifacts from before it existed).
+WEIGHTS_FILE = "weights.bin"
 GRAPHS = ("infer", "adapt")
 
 # Prefixes of the optional tensors in params.safetensors next to the graph-input parameters.

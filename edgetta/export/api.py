@@ -33,6 +33,7 @@ from edgetta.contract import (
     MANIFEST_FILE,
     PARAMS_FILE,
     SOURCE_FEATURE_MEAN,
+    WEIGHTS_FILE,
     FileEntry,
     FisherInfo,
     InputSpec,
@@ -43,8 +44,11 @@ from edgetta.contract import (
 from edgetta.errors import ExportError
 from edgetta.export.fisher import fisher_diagonal
 from edgetta.export.prepare import PreparedModel, prepare_model
-from edgetta.export.trace import extract_infer_graph, trace_to_onnx
+from edgetta.export.progress import Progress, ProgressSetting
+from edgetta.export.progress import resolve as resolve_progress
+from edgetta.export.trace import extract_infer_graph, optimise_graph, trace_to_onnx
 from edgetta.export.verify import assert_within_tolerance, check_parity
+from edgetta.export.weights import share_weights
 from edgetta.runtime.lint import lint_model
 
 DEFAULT_OPSET = 18
@@ -97,21 +101,26 @@ def export_model(
     verify: bool = True,
     preprocess: dict[str, Any] | None = None,
     source_feature_mean: np.ndarray | None = None,
+    progress: ProgressSetting = None,
 ) -> dict[str, Any]:
     """Export ``model`` to an artifact in ``out_dir`` and return its manifest (as written to manifest.json).
 
     trainable/frozen: module-name globs selecting which norm layers get gradients (all by default).
     calib: in-distribution inputs for EATA's Fisher diagonal (stored with its anchor point).
     verify: parity of both graphs against a float64 torch reference (fails the export if off).
+    progress: stage messages (edgetta.export.progress): None prints them to stderr when it is a terminal,
+    True always, False never; a callable ``(stage, seconds)`` receives them instead.
     """
     started = time.perf_counter()
+    stages = Progress(resolve_progress(progress))
     if not isinstance(example_input, torch.Tensor):
         raise ExportError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     example = example_input.detach().float()
     out = Path(out_dir)
     check_output_dir(out)
     calib = _check_calibration(calib, example) if calib is not None else None
-    prepared = prepare_model(model, example, trainable=trainable, frozen=frozen, classifier=classifier)
+    with stages.stage("prepare"):
+        prepared = prepare_model(model, example, trainable=trainable, frozen=frozen, classifier=classifier)
     names = list(class_names) if class_names is not None else [str(i) for i in range(prepared.num_classes)]
     if len(names) != prepared.num_classes:
         raise ExportError(f"{len(names)} class names given but the model outputs {prepared.num_classes} classes")
@@ -135,6 +144,7 @@ def export_model(
             verify=verify,
             preprocess=preprocess or {},
             source_feature_mean=source_feature_mean,
+            stages=stages,
         )
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -163,18 +173,23 @@ def _write_artifact(
     verify: bool,
     preprocess: dict[str, Any],
     source_feature_mean: np.ndarray | None,
+    stages: Progress,
 ) -> dict[str, Any]:
     """Write the graphs and the parameters into ``staging``; return the manifest (without export_seconds)."""
-    adapt_ops = trace_to_onnx(prepared, True, example, staging / ADAPT_FILE, opset)
-    infer_ops = extract_infer_graph(prepared, staging / ADAPT_FILE, staging / INFER_FILE)
+    trace_to_onnx(prepared, True, example, staging / ADAPT_FILE, opset, stages)
+    with stages.stage("optimise"):
+        adapt_ops = optimise_graph(staging / ADAPT_FILE, opset)
+        infer_ops = extract_infer_graph(prepared, staging / ADAPT_FILE, staging / INFER_FILE)
+        share_weights([staging / ADAPT_FILE, staging / INFER_FILE], staging / WEIGHTS_FILE)
     params = {n: prepared.tensor(n).numpy().astype(np.float32) for n in prepared.norm_param_names + prepared.stat_names}
     tensors = dict(params)
     infer_session, adapt_session = _session(staging / INFER_FILE), _session(staging / ADAPT_FILE)
 
     fisher_info = None
     if calib is not None:
-        grad_names = {n: grad_name(n) for n in prepared.trainable_names}
-        fisher = fisher_diagonal(adapt_session, DATA_INPUT, calib, params, grad_names, calib_batch_size)
+        with stages.stage("fisher"):
+            grad_names = {n: grad_name(n) for n in prepared.trainable_names}
+            fisher = fisher_diagonal(adapt_session, DATA_INPUT, calib, params, grad_names, calib_batch_size)
         tensors.update({FISHER_PREFIX + n: v for n, v in fisher.items()})
         tensors.update({ANCHOR_PREFIX + n: params[n].copy() for n in fisher})
         fisher_info = FisherInfo(
@@ -190,8 +205,9 @@ def _write_artifact(
 
     verification = None
     if verify:
-        x = example.numpy().astype(np.float32)
-        reports = [check_parity(model, prepared, infer_session, adapt_session, x, a) for a in (0.0, 1.0)]
+        with stages.stage("verify"):
+            x = example.numpy().astype(np.float32)
+            reports = [check_parity(model, prepared, infer_session, adapt_session, x, a) for a in (0.0, 1.0)]
         verification = {
             "reference": "torch float64, original model",
             "logit_tolerance": 1e-4,
@@ -210,6 +226,7 @@ def _write_artifact(
             "adapt": FileEntry(ADAPT_FILE, sha256_file(staging / ADAPT_FILE), tuple(adapt_ops)),
         },
         params=FileEntry(PARAMS_FILE, sha256_file(staging / PARAMS_FILE)),
+        weights=FileEntry(WEIGHTS_FILE, sha256_file(staging / WEIGHTS_FILE)),
         inputs={role: role for role in INPUT_ROLES},
         outputs={LOGITS: LOGITS, FEATURES: FEATURES if prepared.classifier else None, ENTROPY: ENTROPY, LOSS: LOSS},
         norm_layers=tuple(prepared.layers),
@@ -218,7 +235,8 @@ def _write_artifact(
         source_feature_mean=SOURCE_FEATURE_MEAN if source_feature_mean is not None else None,
     )
     lint = {
-        which: lint_model(onnx.load(str(staging / entry.file))).to_json() for which, entry in contract.graphs.items()
+        which: lint_model(onnx.load(str(staging / entry.file), load_external_data=False)).to_json()
+        for which, entry in contract.graphs.items()
     }
     return {
         **contract.to_json(),

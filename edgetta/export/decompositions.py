@@ -6,7 +6,10 @@ to activations (and through them to the norm parameters) are needed, never weigh
 - ``convolution_backward`` -> the input gradient only. Stride-1 convolutions become a plain
   convolution with spatially flipped, channel-transposed weights (which ORT constant-folds, and
   which is faster than ConvTranspose); strided ones a transposed convolution.
-- ``_adaptive_avg_pool{1,2}d_backward`` -> broadcast / repeat of the output gradient.
+- ``_adaptive_avg_pool{1,2}d_backward`` -> broadcast / repeat of the output gradient, or for uneven
+  windows a multiply-and-sum with the per-axis averaging matrix.
+- ``adaptive_max_pool2d`` (1-D runs through it too) -> per-window max and first-argmax; its backward a
+  one-hot mask multiply.
 - every other backward op with a registered torch decomposition (ReLU, GELU, hardswish,
   max-pool, softmax, ...) uses torch's own decomposition into forward ops.
 """
@@ -98,26 +101,74 @@ def adaptive_avg_pool2d_backward(grad_out: torch.Tensor, inp: torch.Tensor) -> t
     return _adaptive_avg_pool_backward(grad_out, inp, 2)
 
 
+def adaptive_windows(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """The [start, end) input window of each output of adaptive pooling from ``n_in`` to ``n_out``: start
+    floor(i * n_in / n_out), end ceil((i + 1) * n_in / n_out) (PyTorch's definition; windows may overlap)."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+def _averaging_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in): row i holds 1/len(window i) on window i (adaptive average pooling along one axis).
+    Built from arange arithmetic (constant-folded by ONNX Runtime), as a traced graph holds no tensor literals."""
+    outs = torch.arange(n_out, device=like.device)
+    starts = torch.div(outs * n_in, n_out, rounding_mode="floor")
+    ends = torch.div((outs + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
+    cols = torch.arange(n_in, device=like.device).unsqueeze(0)
+    inside = (cols >= starts.unsqueeze(1)) & (cols < ends.unsqueeze(1))
+    return inside.to(like.dtype) / (ends - starts).unsqueeze(1).to(like.dtype)
+
+
 def _adaptive_avg_pool_backward(grad_out: torch.Tensor, inp: torch.Tensor, spatial: int) -> torch.Tensor:
+    """Adaptive average pooling is linear and separable, one averaging matrix A per axis, so the input
+    gradient is A^T applied to the output gradient along every pooled axis. Evenly dividing axes (global
+    pooling included) take a broadcast / repeat; uneven ones a multiply-and-sum with A (portable ops: Mul,
+    ReduceSum; no scatter)."""
     in_sizes = inp.shape[-spatial:]
     out_sizes = grad_out.shape[-spatial:]
     grad = grad_out
     for i, (n_in, n_out) in enumerate(zip(in_sizes, out_sizes)):
-        if n_in % n_out != 0:
-            raise NotImplementedError(
-                f"adaptive average pooling from {tuple(in_sizes)} to {tuple(out_sizes)} has uneven windows; "
-                "only evenly dividing output sizes (e.g. global pooling) are supported"
-            )
         axis = grad.dim() - spatial + i
-        grad = (
-            torch.repeat_interleave(grad, n_in // n_out, dim=axis)
-            if n_out > 1
-            else grad.expand(tuple(grad.shape[:axis]) + (n_in,) + tuple(grad.shape[axis + 1 :]))
-        )
-    count = 1
-    for n_in, n_out in zip(in_sizes, out_sizes):
-        count *= n_in // n_out
-    return grad / count
+        if n_in % n_out == 0:
+            grad = (
+                torch.repeat_interleave(grad, n_in // n_out, dim=axis)
+                if n_out > 1
+                else grad.expand(tuple(grad.shape[:axis]) + (n_in,) + tuple(grad.shape[axis + 1 :]))
+            ) / (n_in // n_out)
+            continue
+        # (..., n_out, 1, rest) * (n_out, n_in, 1...) summed over n_out -> (..., n_in, rest)
+        trailing = grad.dim() - axis - 1
+        matrix = _averaging_matrix(n_in, n_out, grad).reshape((n_out, n_in) + (1,) * trailing)
+        grad = (grad.unsqueeze(axis + 1) * matrix).sum(dim=axis)
+    return grad
+
+
+def adaptive_max_pool2d(inp: torch.Tensor, output_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive max pooling over static windows: the max of each window (slice + amax) and the flat index
+    (h * W + w) of its first maximum, as aten.adaptive_max_pool2d returns them."""
+    height, width = int(inp.shape[-2]), int(inp.shape[-1])
+    rows, cols = adaptive_windows(height, output_size[0]), adaptive_windows(width, output_size[1])
+    values, indices = [], []
+    for h0, h1 in rows:
+        for w0, w1 in cols:
+            window = inp[..., h0:h1, w0:w1].flatten(-2)
+            best, local = window.max(dim=-1)
+            values.append(best)
+            span = w1 - w0
+            indices.append((h0 + torch.div(local, span, rounding_mode="floor")) * width + w0 + local % span)
+    shape = tuple(inp.shape[:-2]) + tuple(output_size)
+    return torch.stack(values, dim=-1).reshape(shape), torch.stack(indices, dim=-1).reshape(shape)
+
+
+def adaptive_max_pool2d_backward(grad_out: torch.Tensor, inp: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Each output gradient goes to the input position its index names: a one-hot mask (index == position)
+    multiplied by the gradient and summed over the outputs (Equal, Mul, ReduceSum; no scatter)."""
+    height, width = int(inp.shape[-2]), int(inp.shape[-1])
+    lead = tuple(grad_out.shape[:-2])
+    flat_grad = grad_out.reshape(lead + (-1, 1))
+    flat_index = indices.reshape(lead + (-1, 1))
+    positions = torch.arange(height * width, device=inp.device, dtype=indices.dtype)
+    hits = (flat_index == positions).to(grad_out.dtype)
+    return (hits * flat_grad).sum(dim=-2).reshape(lead + (height, width))
 
 
 def _zeros_like_along(grad: torch.Tensor, input_sizes: Sequence[int], dim: int, length) -> torch.Tensor:
@@ -163,6 +214,8 @@ def decomposition_table() -> dict[Callable, Callable]:
     table = torch_decomp.get_decompositions(_TORCH_DECOMPOSED)
     table[aten.convolution_backward.default] = convolution_backward
     table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
+    table[aten.adaptive_max_pool2d.default] = adaptive_max_pool2d
+    table[aten.adaptive_max_pool2d_backward.default] = adaptive_max_pool2d_backward
     table[aten.select_backward.default] = select_backward
     table[aten.slice_backward.default] = slice_backward
     return table

@@ -55,6 +55,8 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
     nn.MultiheadAttention,
     nn.Embedding,
     nn.ZeroPad2d,

@@ -4,7 +4,9 @@ Written against the TensorRT 10 Python API (``tensorrt.Builder``, ``OnnxParser``
 profiles, ``build_serialized_network``). NEVER RUN HERE: this machine has no GPU and no TensorRT.
 The graphs themselves are checked for TensorRT compatibility by ``edgetta inspect --trt-lint`` and
 run under ONNX Runtime's TensorRT execution provider through ``engine.providers`` in a config.
-Parameters stay engine inputs, so one engine serves every adapted state.
+Parameters stay engine inputs, so one engine serves every adapted state. The graphs keep their frozen
+weights in the artifact's ``weights.bin`` (ONNX external data); ``OnnxParser.parse_from_file`` resolves it
+relative to the graph's folder (parsing bytes would need the folder passed as the parser's path argument).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def build_engines(
         builder = trt.Builder(logger)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse(artifact.graph_path(which).read_bytes()):
+        # From the file, not its bytes: the parser then finds the external weights file next to the graph.
+        if not parser.parse_from_file(str(artifact.graph_path(which))):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise ExportError(f"TensorRT could not parse {which}.onnx: {errors}")
         config = builder.create_builder_config()

@@ -10,8 +10,9 @@ the dynamo ONNX exporter with a dynamic batch dimension.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -27,6 +28,10 @@ from edgetta.contract import BN_ALPHA, CE_WEIGHT, DATA_INPUT, ENTROPY, ENTROPY_W
 from edgetta.errors import ExportError
 from edgetta.export.decompositions import decomposition_table
 from edgetta.export.prepare import PreparedModel
+from edgetta.export.progress import Progress
+from edgetta.export.weights import all_nodes, fold_keeping_weights
+
+log = logging.getLogger("edgetta.export")
 
 
 def entropy_and_pseudo_ce(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,8 +175,18 @@ def _wrapper_with_signature(graph_module: nn.Module, constants: dict[str, torch.
     return cls(graph_module, constants)
 
 
-def trace_to_onnx(prepared: PreparedModel, adapt: bool, example: torch.Tensor, path: Path, opset: int) -> list[str]:
-    """Trace one graph (infer or adapt), export it to ``path``; return the ONNX op types used."""
+def trace_to_onnx(
+    prepared: PreparedModel,
+    adapt: bool,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    progress: Progress | None = None,
+) -> None:
+    """Trace one graph (infer or adapt) and write its raw ONNX translation to ``path`` (``optimise_graph``
+    finishes it). Stages (reported to ``progress``): trace (make_fx, lowered to the ops the ONNX translator
+    implements) and convert (torch.export of the traced graph and its ONNX translation)."""
+    progress = progress or Progress(None)
     sig = GraphSignature(prepared, adapt)
     if example.shape[0] < 2:
         # A batch of 1 would be specialised away during symbolic tracing.
@@ -180,62 +195,119 @@ def trace_to_onnx(prepared: PreparedModel, adapt: bool, example: torch.Tensor, p
     constants = {n: prepared.tensor(n) for n in sig.constants}
     function = build_function(prepared, adapt)
     fake_args = _fake_inputs(args, list(constants.values()), batched=[0] + ([2, 3] if adapt else []))
-    try:
-        with _tracing_settings(), fake_args[0].fake_mode:
-            graph_module = make_fx(function, tracing_mode="symbolic", decomposition_table=decomposition_table())(
-                *fake_args
-            )
-    except NotImplementedError as exc:
-        raise ExportError(f"cannot build the {'adapt' if adapt else 'infer'} graph: {exc}") from exc
-    _check_batch_stays_dynamic(fake_args[0])
+    which = "adapt" if adapt else "infer"
+    with progress.stage("trace"):
+        try:
+            with _tracing_settings(), fake_args[0].fake_mode:
+                graph_module = make_fx(function, tracing_mode="symbolic", decomposition_table=_trace_table(opset))(
+                    *fake_args
+                )
+        except NotImplementedError as exc:
+            raise ExportError(f"cannot build the {which} graph: {exc}") from exc
+        _check_batch_stays_dynamic(fake_args[0])
     wrapper = _wrapper_with_signature(graph_module, constants, len(args))
     batch = torch.export.Dim("batch", min=1)
     dynamic = [{0: batch}, None] + ([{0: batch}, {0: batch}] if adapt else []) + [None] * len(sig.param_inputs)
-    try:
-        with _tracing_settings():
-            program = torch.onnx.export(
-                wrapper,
-                tuple(args),
-                dynamo=True,
-                dynamic_shapes=tuple(dynamic),
-                input_names=sig.inputs,
-                output_names=sig.outputs,
-                opset_version=opset,
-                optimize=False,
-                verbose=False,
-            )
-    except Exception as exc:  # the exporter raises many types; report the missing op plainly
-        raise ExportError(
-            f"ONNX export of the {'adapt' if adapt else 'infer'} graph failed: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}. The model uses an operation edgetta cannot "
-            "express in standard ONNX; see the supported layers in edgetta/export/prepare.py."
-        ) from exc
-    program.save(str(path))
+    with progress.stage("convert"):
+        program = _convert(wrapper, tuple(args), tuple(dynamic), sig, opset, which)
+        program.save(str(path))
+
+
+def optimise_graph(path: Path, opset: int) -> list[str]:
+    """Fold constants of the exported graph at ``path`` (weights kept once), drop the exporter's per-node
+    debugging metadata (source stack traces: most of a small graph's bytes), set the IR version; return
+    the ONNX op types used."""
     model = fold_constants(path)
     model.ir_version = min_ir_version(opset)
+    for node in all_nodes(model.graph):
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.metadata_props[:]
     onnx.save(model, str(path))
     return sorted({node.op_type for node in model.graph.node})
 
 
+def _trace_table(opset: int) -> dict:
+    """The decompositions applied while tracing: ours for the backward ops, then torch's ONNX-friendly ones,
+    so the traced graph holds only ops the ONNX translator implements and needs no second lowering pass."""
+    table = {}
+    try:
+        from torch.onnx._internal.exporter import _decomp, _registration
+
+        registry = _registration.ONNXRegistry.from_torchlib(opset)
+        table.update(
+            _decomp.create_onnx_friendly_decomposition_table(set(_decomp.get_onnx_implemented_overloads(registry)))
+        )
+    except Exception:  # noqa: BLE001 - a torch without these helpers: the exporter lowers the graph itself
+        log.debug("ONNX-friendly decomposition table unavailable; the exporter will lower the graph", exc_info=True)
+    table.update(decomposition_table())
+    return table
+
+
+@contextlib.contextmanager
+def _without_second_lowering() -> Iterator[None]:
+    """Skip the ONNX exporter's own decomposition pass (a full re-trace of the graph, a third of the export
+    time) for a program whose ops were already lowered while tracing (``_trace_table``)."""
+    from torch.onnx._internal.exporter import _fx_passes
+
+    original = _fx_passes.decompose_with_registry
+    _fx_passes.decompose_with_registry = lambda program, registry: program
+    try:
+        yield
+    finally:
+        _fx_passes.decompose_with_registry = original
+
+
+def _convert(wrapper: nn.Module, args: tuple, dynamic: tuple, sig: GraphSignature, opset: int, which: str):
+    """torch.export the traced graph and translate it to ONNX. The fast route skips the exporter's second
+    lowering pass; should it fail (an op the translator lacks), the exporter's full route runs instead."""
+    options = dict(input_names=sig.inputs, output_names=sig.outputs, opset_version=opset, optimize=False, verbose=False)
+    try:
+        with _tracing_settings():
+            exported = torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+            with _without_second_lowering():
+                return torch.onnx.export(exported, args, dynamo=True, **options)
+    except Exception:  # noqa: BLE001 - fall back to the exporter's own route, which reports errors plainly
+        log.debug("fast ONNX conversion of the %s graph failed; using the full exporter route", which, exc_info=True)
+    try:
+        with _tracing_settings():
+            return torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic, **options)
+    except Exception as exc:  # the exporter raises many types; report the missing op plainly
+        raise ExportError(
+            f"ONNX export of the {which} graph failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. The model uses an operation edgetta cannot "
+            "express in standard ONNX; see the supported layers in edgetta/export/prepare.py."
+        ) from exc
+
+
 def fold_constants(path: Path) -> onnx.ModelProto:
-    """Constant-fold and clean the raw exporter output with ONNX Runtime's BASIC level, which only
-    rewrites into standard ONNX ops (so the graph stays portable to TensorRT). It makes every
-    reduction axis a constant and pre-computes the flipped convolution weights of the backward pass."""
+    """Constant-fold and clean the raw exporter output at ``path`` with ONNX Runtime's BASIC level, which
+    only rewrites into standard ONNX ops (so the graph stays portable to TensorRT). It makes every reduction
+    axis a constant; tensors computed from the weights stay ops (edgetta.export.weights), so the artifact
+    holds each weight once."""
+    folded = fold_keeping_weights(onnx.load(str(path)), lambda model: _ort_basic_fold(model, path))
+    used = {node.domain for node in folded.graph.node}
+    kept = [o for o in folded.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del folded.opset_import[:]
+    folded.opset_import.extend(kept)
+    return folded
+
+
+def _ort_basic_fold(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     import onnxruntime as ort
 
-    folded = path.with_suffix(".folded.onnx")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(folded)
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    model = onnx.load(str(folded))
-    folded.unlink()
-    used = {node.domain for node in model.graph.node}
-    kept = [o for o in model.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    return model
+    source, folded = path.with_suffix(".unfolded.onnx"), path.with_suffix(".folded.onnx")
+    try:
+        onnx.save(model, str(source))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        return onnx.load(str(folded))
+    finally:
+        source.unlink(missing_ok=True)
+        folded.unlink(missing_ok=True)
 
 
 def extract_infer_graph(prepared: PreparedModel, adapt_path: Path, infer_path: Path) -> list[str]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgetta.contract import Manifest, check_hashes, read_manifest
+from edgetta.contract import ANCHOR_PREFIX, FISHER_PREFIX, MANIFEST_FILE, Manifest, check_hashes, read_manifest
 
 
 def _param_count(manifest: Manifest) -> tuple[int, int]:
@@ -59,14 +59,64 @@ def describe(path: str | Path, manifest: Manifest | Mapping[str, Any] | None = N
             )
     else:
         lines.append("  verification not run (exported with --no-verify)")
+    try:
+        lines.append(size_report(path, manifest))
+    except Exception as exc:  # noqa: BLE001 - a damaged file: the integrity check reports it
+        lines.append(f"  sizes        unavailable ({type(exc).__name__}: {exc})")
     lines.append("  layers:")
     for layer in layers:
         lines.append(f"    {'T' if layer.trainable else '-'} {layer.module:<32} {layer.kind:<12} {layer.features}")
     return "\n".join(lines)
 
 
-def integrity_problems(path: str | Path) -> list[str]:
-    return check_hashes(path, read_manifest(path))
+def artifact_sizes(path: str | Path, manifest: Manifest | None = None) -> dict[str, Any]:
+    """Bytes of each listed file, of the model's float32 weights (each distinct graph constant once, whether
+    embedded in a graph or in the shared weights file) plus its norm parameters and statistics (the graph-input
+    tensors of params.safetensors), and the ratio of the files' total to that."""
+    import onnx
+    from safetensors.numpy import load_file
+
+    directory = Path(path)
+    manifest = manifest or read_manifest(directory)
+    listed = [entry.file for _, entry in manifest.files()] + [MANIFEST_FILE]
+    files = {name: (directory / name).stat().st_size for name in listed if (directory / name).is_file()}
+    constants: dict[tuple[str, ...], int] = {}
+    for entry in manifest.graphs.values():
+        graph = onnx.load(str(directory / entry.file), load_external_data=False).graph
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = {kv.key: kv.value for kv in tensor.external_data}
+                constants[("external", info["location"], info.get("offset", "0"))] = int(info["length"])
+            else:
+                constants[("embedded", tensor.name)] = len(onnx.numpy_helper.to_array(tensor).tobytes())
+    tensors = load_file(str(directory / manifest.params.file))
+    norm = sum(
+        v.nbytes
+        for k, v in tensors.items()
+        if not k.startswith((FISHER_PREFIX, ANCHOR_PREFIX)) and k != manifest.source_feature_mean
+    )
+    weights = sum(constants.values()) + norm
+    total = sum(files.values())
+    return {"files": files, "weights": weights, "total": total, "ratio": total / weights if weights else float("nan")}
+
+
+def size_report(path: str | Path, manifest: Manifest | None = None) -> str:
+    """``artifact_sizes`` as text lines."""
+    sizes = artifact_sizes(path, manifest)
+    lines = ["  sizes        " + ", ".join(f"{name} {_mb(n)}" for name, n in sizes["files"].items())]
+    lines.append(
+        f"               total {_mb(sizes['total'])} for {_mb(sizes['weights'])} of float32 weights and norm "
+        f"parameters: {sizes['ratio']:.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def integrity_problems(path: str | Path, manifest: Manifest | None = None) -> list[str]:
+    return check_hashes(path, manifest or read_manifest(path))
 
 
 def trt_lint_artifact(path: str | Path) -> tuple[bool, str]:
@@ -78,7 +128,7 @@ def trt_lint_artifact(path: str | Path) -> tuple[bool, str]:
     ok = True
     lines = ["TensorRT lint:"]
     for which, entry in manifest.graphs.items():
-        report = lint_model(onnx.load(str(Path(path) / entry.file)))
+        report = lint_model(onnx.load(str(Path(path) / entry.file), load_external_data=False))
         ok = ok and report.ok
         lines.append(f"  {which}: {'ok' if report.ok else 'FAILED'}")
         lines += [f"    error: {e}" for e in report.errors] + [f"    warning: {w}" for w in report.warnings]

@@ -38,6 +38,8 @@ from edgetta.engines.ort.graph_cache import GraphCache, default_folder
 from edgetta.engines.ort.providers import CPU, provider_options, resolve_providers, session_options
 
 SPECIALIZED_ALPHAS = (0.0, 1.0)
+# Where ORT finds the external weights of a graph built from bytes (rewritten graphs reference weights.bin).
+EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 log = logging.getLogger("edgetta.engine")
 
 
@@ -117,8 +119,12 @@ class OrtEngine:
     # -- sessions ----------------------------------------------------------------------------------
     def _session(self, which: str, source: str | bytes | None = None) -> ort.InferenceSession:
         providers = [(p, provider_options(p, self.options, self.artifact, which)) for p in self.providers]
-        source = str(self.artifact.graph_path(which)) if source is None else source
-        return ort.InferenceSession(source, session_options(self.options, self.optimize), providers=providers)
+        options = session_options(self.options, self.optimize)
+        if source is None:
+            source = str(self.artifact.graph_path(which))
+        elif not isinstance(source, str):  # a rewritten graph whose weights stay in the artifact's weights file
+            options.add_session_config_entry(EXTERNAL_FOLDER, str(self.artifact.graph_path(which).parent))
+        return ort.InferenceSession(source, options, providers=providers)
 
     def _fold_session(self, data: bytes) -> ort.InferenceSession:
         return self._session("infer", data)
@@ -182,7 +188,7 @@ class OrtEngine:
         from edgetta.engines.ort import rewrite
 
         model, report = rewrite.optimize_graph(
-            onnx.load(str(self.artifact.graph_path(which))),
+            onnx.load(str(self.artifact.graph_path(which)), load_external_data=False),
             self.artifact.norm_layers,
             alpha_input=self.data_inputs.bn_alpha,
             bn_alpha=alpha,

@@ -62,8 +62,13 @@ class Graph:
 
     # -- constants --------------------------------------------------------------------------------
     def constant(self, name: str) -> np.ndarray | None:
+        """The value of a constant held in the graph; None for anything else, including a weight whose bytes
+        live in the artifact's external weights file (graphs are rewritten without loading those)."""
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
+            tensor = self.inits[name]
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                return None
+            return numpy_helper.to_array(tensor)
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant":
             for a in node.attribute:
