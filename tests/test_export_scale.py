@@ -239,3 +239,39 @@ def test_uneven_adaptive_pooling_exports_with_parity(tmp_path, net, shape):
     w = np.ones(1, np.float32)
     out = OrtEngine(artifact, EngineOptions(extra={"graph_cache": False})).adapt(x, artifact.params, 1.0, w, w * 0)
     assert all(np.all(np.isfinite(v)) for v in out.values())
+
+
+def test_rewrite_of_mobilenet_blocks_is_used(artifacts):
+    """An expand convolution right after a batch-normalised projection has a batch mean of pure round-off;
+    the rewrite's verification judges it against the channels' spread instead of rejecting the graph."""
+    path, _ = artifacts.get("mobilenet")
+    artifact = load_artifact(path)
+    engine = OrtEngine(artifact, EngineOptions(extra={"graph_cache": False}))
+    for which in ("infer", "adapt"):
+        engine.variant(which, 1.0)
+    assert engine.fallbacks == []
+
+
+def test_rejected_rewrite_is_remembered_quietly(artifacts, tmp_path, monkeypatch, recwarn, capsys):
+    path, _ = artifacts.get("resnet_bn")
+    artifact = load_artifact(path)
+    options = EngineOptions(extra={"graph_cache": str(tmp_path / "graphs")})
+    monkeypatch.setattr(OrtEngine, "_verify", lambda self, which, session, alpha: "output logits differs (forced)")
+    first = OrtEngine(artifact, options)
+    first.variant("infer", 1.0)
+    assert first.fallbacks and "forced" in first.fallbacks[0]
+    assert list((tmp_path / "graphs").glob("*.rejected.json"))
+
+    def no_rewrite(self, *args):
+        raise AssertionError("a rejected rewrite was rewritten again")
+
+    monkeypatch.setattr(OrtEngine, "_rewrite", no_rewrite)
+    second = OrtEngine(artifact, options)
+    x = np.zeros((2, *artifact.input_shape[1:]), np.float32)
+    plain = OrtEngine(artifact, EngineOptions(optimize=False))
+    np.testing.assert_array_equal(
+        second.infer(x, artifact.params, 1.0)["logits"], plain.infer(x, artifact.params, 1.0)["logits"]
+    )
+    assert second.fallbacks == first.fallbacks
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert capsys.readouterr().err == ""

@@ -4,12 +4,19 @@ nor scipy). Needs edgetta[export,bench] and a trained model from tools/train_fmn
 
     python tools/train_fmnist.py --model resnet_bn --epochs 3 --out models/fmnist_resnet_bn.pt
     python tools/build_demo_assets.py --model models/fmnist_resnet_bn.pt
+
+To re-export the bundled artifact in the current artifact format without the trained checkpoint, take the
+weights from the bundled artifact itself (its graphs hold every frozen weight, params.safetensors the norm
+parameters and statistics) and leave the demo stream as it is:
+
+    python tools/build_demo_assets.py --from-artifact edgetta/assets/fmnist_resnet_bn --artifact-only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +59,36 @@ The corrupted images in demo_stream.npz were derived from the Fashion-MNIST test
 """
 
 
+def weights_from_artifact(model: torch.nn.Module, path: Path, example: torch.Tensor) -> None:
+    """Load into ``model`` the weights of an artifact exported from the same architecture. The graphs name
+    frozen weight i ``const_i`` (the exporter's order, edgetta.export.prepare.constant_names); a weight the
+    exporter folded into its transpose (a linear layer's) is taken back from that transpose."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+
+    from edgetta.export.prepare import prepare_model
+
+    names = prepare_model(model, example).constant_names
+    graph = onnx.load(str(path / "infer.onnx")).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    state = {
+        k: torch.from_numpy(v.copy()) for k, v in load_file(str(path / "params.safetensors")).items() if "/" not in k
+    }
+    for i, name in enumerate(names):
+        value = inits.get(f"const_{i}")
+        if value is None:
+            original = name.replace("fc.classifier.", "fc.")  # prepare wraps the classifier
+            shape = tuple(dict(model.named_parameters()).get(original, torch.empty(0)).shape)
+            others = [v for k, v in inits.items() if not k.startswith("const_") and v.shape == shape[::-1]]
+            if len(shape) != 2 or len(others) != 1:
+                raise SystemExit(f"cannot recover {name} {shape} from {path}: pass --model with the checkpoint")
+            value = others[0].T
+        state[name] = torch.from_numpy(value.copy())
+    own = {k.replace("fc.classifier.", "fc."): v for k, v in state.items()}  # prepare wraps the classifier
+    model.load_state_dict(own, strict=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/fmnist_resnet_bn.pt")
@@ -59,14 +96,24 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=2000, help="train samples for the Fisher diagonal")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-artifact", help="take the weights from this artifact instead of --model's checkpoint")
+    parser.add_argument("--artifact-only", action="store_true", help="re-export the artifact, keep the demo stream")
     args = parser.parse_args()
 
     meta = json.loads(Path(args.model).with_suffix(".json").read_text())
     model = FAMILIES[meta["model"]](**meta["kwargs"])
-    model.load_state_dict(torch.load(args.model, weights_only=True))
-    model.eval()
     train_x, _ = load_fashion_mnist("train", args.data_root)
     calib = to_model_input(train_x[np.random.default_rng(args.seed).permutation(len(train_x))[: args.calib]])
+    if args.from_artifact:
+        source = Path(args.from_artifact)
+        staged = source.with_name(source.name + ".source")  # the export replaces the folder it reads from
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(source, staged)
+        weights_from_artifact(model, staged, torch.from_numpy(calib[:8]))
+        shutil.rmtree(staged)
+    else:
+        model.load_state_dict(torch.load(args.model, weights_only=True))
+    model.eval()
     ASSETS.mkdir(parents=True, exist_ok=True)
     manifest = export_model(
         model,
@@ -80,6 +127,8 @@ def main() -> None:
         f"artifact: clean test accuracy of the source model {meta['clean_test_accuracy']:.4f}, "
         f"export {manifest['export_seconds']} s"
     )
+    if args.artifact_only:
+        return
 
     test_x, test_y = load_fashion_mnist("test", args.data_root)
     order = np.random.default_rng(args.seed + 1).permutation(len(test_x))

@@ -166,11 +166,15 @@ class OrtEngine:
                 return self._variant_of(which, self._session(which, data), alpha, report, source)
             except Exception:  # noqa: BLE001 - an entry ORT cannot load: rebuild it
                 pass
-        try:
-            data, report, session = self._rewrite(which, alpha, outputs)
-            problem = self._verify(which, session, alpha)
-        except Exception as exc:  # noqa: BLE001 - a rewrite must never stop the runtime: run the export
-            problem = f"{type(exc).__name__}: {exc}"
+        problem = self.cache.rejection(key) if key else None  # rejected before: not rewritten and verified again
+        if problem is None:
+            try:
+                data, report, session = self._rewrite(which, alpha, outputs)
+                problem = self._verify(which, session, alpha)
+            except Exception as exc:  # noqa: BLE001 - a rewrite must never stop the runtime: run the export
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None and key:
+                self.cache.reject(key, problem)
         if problem is not None:
             message = f"rewritten {which} graph not used ({problem}); running the exported graph"
             self.fallbacks.append(message)

@@ -5,8 +5,11 @@ graph. The key covers everything the rewritten bytes depend on: the exported gra
 mtime), the graph (infer/adapt), the fixed ``bn_alpha`` and the output subset, and a fingerprint of the code
 and libraries (every source file of the rewrite and verification modules, the onnx and onnxruntime versions,
 the edgetta version). The meta file records the sha256 of the .onnx bytes; an entry whose bytes differ
-(tampered, truncated) is never used. Location: ``EngineOptions.extra["graph_cache"]`` (a folder, or False for
-none), else ``<cache_dir>/graphs``, else ``$EDGETTA_CACHE_DIR/graphs``, else ``~/.cache/edgetta/graphs``.
+(tampered, truncated) is never used. A rewrite that failed verification leaves ``<key>.rejected.json`` with
+the reason, so later starts run the exported graph without rewriting and verifying again.
+Location: ``EngineOptions.extra["graph_cache"]`` (a folder, or False for none), else ``<cache_dir>/graphs``,
+else ``$EDGETTA_CACHE_DIR/graphs``, else ``~/.cache/edgetta/graphs``. Rewritten graphs reference the
+artifact's ``weights.bin`` by offset and hold no weights of their own.
 """
 
 from __future__ import annotations
@@ -119,6 +122,19 @@ class GraphCache:
         _write_atomic(self.folder / f"{key}.onnx", data)
         meta = {"sha256": hashlib.sha256(data).hexdigest(), "report": report}
         _write_atomic(self.folder / f"{key}.json", json.dumps(meta).encode())
+
+    # -- rejected rewrites ----------------------------------------------------------------------------
+    def rejection(self, key: str) -> str | None:
+        """Why the rewrite ``key`` failed its verification before (None: never rejected). The key covers the
+        graph and the rewrite code, so a rejection holds until either changes."""
+        meta = _read_json(self.folder / f"{key}.rejected.json") if self.folder else None
+        reason = meta.get("reason") if meta else None
+        return reason if isinstance(reason, str) else None
+
+    def reject(self, key: str, reason: str) -> None:
+        """Remember that the rewrite ``key`` was not used, so later starts skip rewriting and verifying it."""
+        if self.folder is not None:
+            _write_atomic(self.folder / f"{key}.rejected.json", json.dumps({"reason": reason}).encode())
 
     # -- graph input/output names ------------------------------------------------------------------
     def load_io(self, key: str) -> dict[str, list[str]] | None:
