@@ -71,8 +71,12 @@ def main() -> None:
             f"{r['logits_a1']:.1e} | {r['grad_a0']:.1e} | {r['grad_a1']:.1e} | {r['torch32_a1']:.1e} | "
             f"{'ok' if r['trt_lint'] else 'FAIL'} | {r['export_seconds']} |"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Replace only this report's section: the sections after it (## headings) are written by hand or other tools.
+    rest = out.read_text().split("\n## ", 1) if out.exists() else []
+    tail = "\n## " + rest[1] if len(rest) == 2 else ""
+    out.write_text("\n".join(lines) + "\n" + tail)
 
 
 if __name__ == "__main__":

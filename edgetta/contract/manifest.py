@@ -108,14 +108,13 @@ class Manifest:
             "class_names": list(self.class_names),
             "graphs": {which: entry.to_json() for which, entry in self.graphs.items()},
             "params": self.params.to_json(),
-            "weights": self.weights.to_json() if self.weights else None,
             "inputs": dict(self.inputs),
             "outputs": dict(self.outputs),
             "classifier": self.classifier,
             "norm_layers": [layer.to_json() for layer in self.norm_layers],
             "fisher": self.fisher.to_json() if self.fisher else None,
             "source_feature_mean": self.source_feature_mean,
-        }
+        } | ({"weights": self.weights.to_json()} if self.weights else {})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], origin: str = MANIFEST_FILE) -> Manifest:

@@ -6,7 +6,7 @@ Two steps keep one copy of every weight in an artifact:
   them (the flipped, channel-transposed kernels of the convolution backward, transposed linear weights) stay
   ops in the graph instead of becoming second copies. ONNX Runtime and TensorRT fold them again in memory
   when they load the graph, so they cost nothing at run time.
-- ``share_weights``: every initializer of at least ``EXTERNAL_MIN_BYTES`` is written once into a shared
+- ``share_weights``: every floating-point initializer of at least ``EXTERNAL_MIN_BYTES`` is written once into a shared
   external-data file (ONNX's external data: location, offset, length) that infer.onnx and adapt.onnx both
   reference; the infer graph is cut from the adapt graph, so the two hold the same tensors.
 """
@@ -26,17 +26,23 @@ _PAGE = 4096  # tensors of at least a MiB start on a page boundary, so ONNX Runt
 _ALIGN = 64
 
 
-def _nbytes(tensor: onnx.TensorProto) -> int:
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    return numpy_helper.to_array(tensor).nbytes
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def is_weight(tensor: onnx.TensorProto) -> bool:
+    """A floating-point constant of at least EXTERNAL_MIN_BYTES (integer constants, index tables included,
+    stay in the graph where folding and the engine's rewrites can read them)."""
+    if tensor.data_type not in _FLOATS:
+        return False
+    size = len(tensor.raw_data) if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).nbytes
+    return size >= EXTERNAL_MIN_BYTES
 
 
 def fold_keeping_weights(model: onnx.ModelProto, fold: Callable[[onnx.ModelProto], onnx.ModelProto]) -> onnx.ModelProto:
-    """``fold(model)`` with every initializer of at least EXTERNAL_MIN_BYTES presented as a graph input, so
+    """``fold(model)`` with every weight (``is_weight``) presented as a graph input, so
     nothing computed from a weight is folded into a new constant; the weights are restored afterwards."""
     graph = model.graph
-    weights = [t for t in graph.initializer if _nbytes(t) >= EXTERNAL_MIN_BYTES]
+    weights = [t for t in graph.initializer if is_weight(t)]
     names = {t.name for t in weights}
     kept = [t for t in graph.initializer if t.name not in names]
     del graph.initializer[:]
@@ -71,9 +77,9 @@ def share_weights(graph_paths: Sequence[Path], weights_path: Path) -> int:
     with open(weights_path, "wb") as handle:
         for model in models:
             for tensor in model.graph.initializer:
-                data = numpy_helper.to_array(tensor).tobytes()  # little-endian, as ONNX external data is
-                if len(data) < EXTERNAL_MIN_BYTES:
+                if not is_weight(tensor):
                     continue
+                data = numpy_helper.to_array(tensor).tobytes()  # little-endian, as ONNX external data is
                 key = hashlib.sha256(data).hexdigest()
                 if key not in offsets:
                     align = _PAGE if len(data) >= (1 << 20) else _ALIGN
