@@ -607,3 +607,17 @@ def test_an_edge_killed_mid_apply_comes_back_on_a_consistent_slot(tmp_path: Path
     for name, value in bundles[2].items():
         assert np.array_equal(tensors[f"source/{name}"], value)
     assert all(v in (None, 1, 2) for v in outcomes), outcomes
+
+
+def test_the_device_side_never_imports_torch() -> None:
+    from tests.conftest import run_without_torch
+
+    body = (
+        "import edgetta.daemon, edgetta.sync._edge_sync, edgetta.sync._edge_client\n"
+        "from edgetta.sync import selection, queue, uploader, poller, config, slots, bundle, keys\n"
+        "import numpy as np\n"
+        "d = selection.CemaSelector(10).select(np.zeros((4, 10)))\n"
+        "rc = int(list(d.reasons) != ['unreliable'] * 4)\n"
+    )
+    result = run_without_torch(body)
+    assert result.returncode == 0, result.stderr + result.stdout
