@@ -102,7 +102,7 @@ def test_queue_fifo_bounds_and_restart(tmp_path: Path) -> None:
     q.close()
     again = UploadQueue(path, max_rows=5, max_bytes=10_000)
     assert [int(s.x[0, 0, 0]) for s in again.peek(10)] == [4, 5, 6, 7]
-    assert again.counters() == {"enqueued": 8, "uploaded": 2, "dropped_full": 2}
+    assert again.counters() == {"enqueued": 8, "uploaded": 2, "dropped_full": 2, "refused": 0}
     assert again.get_meta("selector") == {"n": 7}
     assert len(again) == 4 and again.nbytes == 4 * 64
 
@@ -163,6 +163,8 @@ class FakeCloud:
     def __init__(self, token: str = "tok-1", port: int = 0) -> None:
         self.token = token
         self.down = False
+        self.max_rows = 10_000  # more rows in one upload: 413
+        self.refuse: int | None = None  # answer every upload with this status (422, 429)
         self.uploads: list[dict[str, Any]] = []
         self.statuses: list[int] = []
         self.bundle: bytes | None = None
@@ -194,6 +196,17 @@ class FakeCloud:
                 if cloud.down:
                     self._reply(503, b'{"detail": "down"}')
                     return
+                if cloud.refuse == 429:
+                    cloud.statuses.append(429)
+                    self.send_response(429)
+                    self.send_header("Retry-After", "0.2")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                    return
+                if cloud.refuse is not None:
+                    self._reply(cloud.refuse, b'{"detail": "x has shape [1, 4, 4], expected [1, 28, 28]"}')
+                    return
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 from safetensors import safe_open  # noqa: F401  (metadata is read below)
@@ -201,6 +214,9 @@ class FakeCloud:
                 header_len = int.from_bytes(body[:8], "little")
                 meta = json.loads(body[8 : 8 + header_len])["__metadata__"]
                 tensors = st_load(body)
+                if len(tensors["x"]) > cloud.max_rows:
+                    self._reply(413, b'{"detail": "too many samples"}')
+                    return
                 cloud.uploads.append({"meta": meta, **tensors})
                 self._reply(200, json.dumps({"accepted": len(tensors["x"])}).encode())
 
@@ -276,11 +292,49 @@ def test_uploader_backs_off_while_down_then_catches_up(tmp_path: Path, cloud: Fa
     assert sorted(int(v) for v in x[:, 0, 0, 0]) == list(range(60))  # every row once, none lost
     metas = [u["meta"] for u in cloud.uploads]
     assert {m["device_id"] for m in metas} == {"dev-1"} and {m["base_sha256"] for m in metas} == {"ab" * 32}
-    assert [int(m["batch_seq"]) for m in metas] == list(range(1, len(metas) + 1))
+    seqs = [int(m["batch_seq"]) for m in metas]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] > 1_700_000_000_000  # from the clock (ms)
+    assert q.get_meta("batch_seq") == seqs[-1]
     assert all(len(u["x"]) <= 16 and u["entropy"].dtype == np.float32 for u in cloud.uploads)
     kinds = [k for k, _ in reports]
     assert "upload_failed" in kinds and "upload_recovered" in kinds
     assert q.counters()["uploaded"] == 60 and up.bytes_up > 0
+
+
+def test_uploader_halves_too_large_batches_and_drops_refused_data(tmp_path: Path, cloud: FakeCloud) -> None:
+    q = UploadQueue(tmp_path / "q.sqlite")
+    q.put(_rows(5))
+    cloud.max_rows = 2
+    reports: list[str] = []
+    up = Uploader(
+        q,
+        SyncClient(cloud.url, "tok-1"),
+        device_id="d",
+        base_sha256="0" * 64,
+        batch_rows=8,
+        idle=0.05,
+        report=lambda kind, msg, fields: reports.append(kind),
+    )
+    up.start()
+    try:
+        wait_until(lambda: len(q) == 0)
+    finally:
+        up.stop()
+    assert sorted(int(v) for v in cloud.received()[:, 0, 0, 0]) == [0, 1, 2, 3, 4]  # 413: halved until it fits
+    assert 413 in cloud.statuses and all(len(u["x"]) <= 2 for u in cloud.uploads)
+    slow = Backoff(initial=5.0, maximum=10.0)  # its own pace would be 5 s; the server asks for 0.2 s
+    up = Uploader(
+        q, SyncClient(cloud.url, "tok-1"), device_id="d", base_sha256="0" * 64, report=up.report, backoff=slow
+    )
+    cloud.refuse = 422  # the server refuses the data itself: dropped, counted, never retried
+    q.put(_rows(3))
+    assert up.send(q.peek(10)) == "dropped"
+    assert len(q) == 0 and q.counters()["refused"] == 3 and reports[-1] == "upload_refused"
+    cloud.refuse = 429  # rate limited: waits the server's Retry-After, keeps the rows
+    q.put(_rows(2))
+    started = time.monotonic()
+    assert up.send(q.peek(10)) == "retry"
+    assert 0.2 <= time.monotonic() - started < 2.0 and len(q) == 2
 
 
 def test_uploader_with_a_wrong_token_keeps_the_rows(tmp_path: Path, cloud: FakeCloud) -> None:

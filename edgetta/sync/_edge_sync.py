@@ -263,7 +263,7 @@ class EdgeSync:
             self.metrics.sync_failure("upload")
         elif kind == "poll_failed":
             self.metrics.sync_failure("poll")
-        elif kind == "upload_refused":
+        elif kind in ("upload_refused", "upload_dropped"):
             self.metrics.sync_samples("refused", int(fields.get("rows", 0)))
         elif kind == "bundle_verified":
             self.metrics.sync_bytes("down", int(fields.get("bytes", 0)))

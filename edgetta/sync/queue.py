@@ -182,17 +182,18 @@ class UploadQueue:
                 total += len(blob)
         return out
 
-    def ack(self, ids: Sequence[int]) -> None:
-        """The server accepted these rows: delete them (rows dropped meanwhile are ignored)."""
-        if not ids:
+    def ack(self, ids: Sequence[int], *, meta: dict[str, Any] | None = None, counter: str = "uploaded") -> None:
+        """The server took these rows (``counter``: uploaded, or why they were given up): delete them and set
+        ``meta`` in the same transaction (rows dropped meanwhile are ignored)."""
+        if not ids and not meta:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("DELETE FROM samples WHERE id = ?", [(int(i),) for i in ids])
                 counters = self._meta_locked("counters", {})
-                counters["uploaded"] = int(counters.get("uploaded", 0)) + len(ids)
-                self._set_meta_locked({"counters": counters})
+                counters[counter] = int(counters.get(counter, 0)) + len(ids)
+                self._set_meta_locked({**(meta or {}), "counters": counters})
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -208,10 +209,10 @@ class UploadQueue:
         return self._bytes
 
     def counters(self) -> dict[str, int]:
-        """enqueued, uploaded, dropped_full: totals over the queue's whole life (they survive restarts)."""
+        """enqueued, uploaded, dropped_full, refused: totals over the queue's whole life (they survive restarts)."""
         with self._lock:
             c = self._meta_locked("counters", {})
-        return {k: int(c.get(k, 0)) for k in ("enqueued", "uploaded", "dropped_full")}
+        return {k: int(c.get(k, 0)) for k in ("enqueued", "uploaded", "dropped_full", "refused")}
 
     # -- meta ------------------------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:

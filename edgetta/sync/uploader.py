@@ -91,7 +91,7 @@ class Uploader:
             outcome = self.send(batch)
             if outcome == "too_large":
                 if len(batch) == 1:
-                    self.queue.ack([batch[0].id])
+                    self.queue.ack([batch[0].id], counter="refused")
                     self.counters["dropped_too_large"] += 1
                     self.report("upload_dropped", "a single sample is larger than the server accepts", {"rows": 1})
                 else:
@@ -102,15 +102,17 @@ class Uploader:
 
     def send(self, batch: list[Any]) -> str:
         """One attempt at one batch: "sent", "dropped", "too_large" or "retry" (after waiting)."""
-        seq = int(self.queue.get_meta("batch_seq", 0)) + 1
+        last = self.queue.get_meta("batch_seq")
+        # a new queue starts from the clock (ms), so a device whose state was wiped never repeats a batch_seq
+        # the server remembers (it acknowledges a repeated batch_seq without learning from it)
+        seq = int(time.time() * 1000) if last is None else int(last) + 1
         x = np.stack([s.x for s in batch])
         ent = np.array([np.nan if s.entropy is None else s.entropy for s in batch], np.float32)
         body = encode_samples(x, ent, device_id=self.device_id, base_sha256=self.base_sha256, batch_seq=seq)
         started = time.monotonic()
         reply = self.client.upload(body)
         if reply.status == 200:
-            self.queue.ack([s.id for s in batch])
-            self.queue.set_meta({"batch_seq": seq})
+            self.queue.ack([s.id for s in batch], meta={"batch_seq": seq})  # one transaction
             self.counters["uploaded"] += len(batch)
             self.counters["batches"] += 1
             self.bytes_up += len(body)
@@ -130,7 +132,7 @@ class Uploader:
         if reply.status == 413:
             return "too_large"
         if reply.status == 422:
-            self.queue.ack([s.id for s in batch])
+            self.queue.ack([s.id for s in batch], counter="refused")
             self.counters["dropped_invalid"] += len(batch)
             self.report("upload_refused", f"server refused the samples: {reply.message()}", {"rows": len(batch)})
             return "dropped"
