@@ -337,6 +337,15 @@ def test_uploader_halves_too_large_batches_and_drops_refused_data(tmp_path: Path
     assert 0.2 <= time.monotonic() - started < 2.0 and len(q) == 2
 
 
+def test_the_poller_polls_with_jitter(cloud: FakeCloud) -> None:
+    from edgetta.sync.poller import Poller
+
+    poller = Poller(SyncClient(cloud.url, "tok-1"), lambda data, applied: None, lambda: None, interval=10, seed=3)
+    delays = [poller.next_delay() for _ in range(200)]
+    assert 8.0 <= min(delays) < 8.5 and 11.5 < max(delays) <= 12.0  # 10 s +- 20 %, spread over the range
+    assert poller.poll_once() and cloud.statuses == [204]  # nothing published yet: nothing fetched
+
+
 def test_uploader_with_a_wrong_token_keeps_the_rows(tmp_path: Path, cloud: FakeCloud) -> None:
     q = UploadQueue(tmp_path / "q.sqlite")
     q.put(_rows(3))
@@ -462,6 +471,7 @@ def test_daemon_keeps_predicting_while_the_cloud_is_down_and_the_queue_catches_u
             got = revived.received()
             revived.close()
     assert summary.streams["cam"]["processed"] == 96  # totals carry over the restart
+    assert "sync: 96 uploaded of 96 seen, 0 queued, bundle None" in summary.line(tmp_path / "state")
     assert summary.streams["cam"]["sync"]["queue_uploaded"] == 96 and summary.streams["cam"]["sync"]["seen"] == 96
     # every uploaded row is the model input of a processed image (uint8 frames after the manifest's preprocessing)
     from tests.daemon_helpers import ASSETS

@@ -44,9 +44,16 @@ class RunSummary:
         parts = []
         for name, s in self.streams.items():
             state = s.get("state", "")
+            sync = s.get("sync")
+            synced = ""
+            if sync:
+                synced = (
+                    f", sync: {sync['queue_uploaded']} uploaded of {sync['seen']} seen, {sync['queued']} queued, "
+                    f"bundle {sync['bundle_version']}"
+                )
             parts.append(
                 f"{name} ({state}) {s['processed']} processed, {s['skipped']} skipped, {s['updates']} updates, "
-                f"{s['resets']} resets, {s['dropped']} dropped, {s['checkpoints']} checkpoints"
+                f"{s['resets']} resets, {s['dropped']} dropped, {s['checkpoints']} checkpoints{synced}"
             )
         return f"edgetta run: {self.reason} after {self.seconds:.1f} s; " + "; ".join(parts) + f"; state in {state_dir}"
 

@@ -98,12 +98,16 @@ class Poller:
                 ok = False
             if ok:
                 self.failures = 0
-                delay = self.interval * (1.0 + self.jitter * self.rng.uniform(-1.0, 1.0))
+                delay = self.next_delay()
             else:
                 delay = self.backoff.delay(self.failures)
                 self.failures += 1
             self.wake.wait(max(0.0, delay))
             self.wake.clear()
+
+    def next_delay(self) -> float:
+        """Seconds until the next poll: ``interval`` times a random factor in [1 - jitter, 1 + jitter]."""
+        return self.interval * (1.0 + self.jitter * self.rng.uniform(-1.0, 1.0))
 
     def poll_once(self) -> bool:
         """One poll (and download and verification when a newer bundle exists); False on a network failure."""
