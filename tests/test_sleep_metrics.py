@@ -43,6 +43,11 @@ def test_kappa_accuracy_and_f1_by_hand() -> None:
     assert r["epochs"] == 10 and r["confusion_rows"] == ["W", "N1", "N2", "N3", "REM"]
 
 
+def test_kappa_with_unequal_marginals() -> None:
+    # p_o = 2/4; p_e = (3*1 + 1*3) / 16 = 0.375; kappa = 0.125 / 0.625 = 0.2
+    assert cohen_kappa(confusion([0, 0, 0, 1], [0, 1, 1, 1])) == pytest.approx(0.2)
+
+
 def test_edge_cases() -> None:
     assert cohen_kappa(confusion([0, 1, 2], [0, 1, 2])) == pytest.approx(1.0)
     # everything in one class on both sides: chance agreement is 1, kappa defined as 0

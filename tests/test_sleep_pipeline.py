@@ -190,3 +190,36 @@ def test_bad_input_is_one_line(tmp_path, capsys) -> None:
     folder.mkdir()
     assert main(["sleep", "synth", "--subjects", "0", "--out", str(folder)]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_running_zscore_is_causal_and_matches_the_daemon() -> None:
+    from edgetta.sleep.normalize import RunningZScore, zscore_record
+    from edgetta.streams.preprocess.signal import SignalPreprocessor
+
+    eeg, _ = night(6, n=12, gain=3.0)
+    z = zscore_record(eeg)
+    daemon = SignalPreprocessor(channels=1, samples=T, zscore="running", zscore_momentum=0.1)
+    np.testing.assert_allclose(z, np.stack([daemon(e[None], rate=RATE)[0] for e in eeg]), rtol=1e-5, atol=1e-5)
+    later = eeg.copy()
+    later[6:] *= 10.0  # the future does not change the past
+    np.testing.assert_array_equal(zscore_record(later)[:6], z[:6])
+    # by hand for the second epoch: EMA (0.1) of the means and mean squares
+    m = 0.9 * eeg[0].mean() + 0.1 * eeg[1].mean()
+    s = 0.9 * (eeg[0] ** 2).mean() + 0.1 * (eeg[1] ** 2).mean()
+    np.testing.assert_allclose(z[1], (eeg[1] - m) / np.sqrt(s - m * m), rtol=1e-4, atol=1e-4)
+    # a skipped (flagged) epoch uses the statistics so far and leaves them unchanged
+    r = RunningZScore()
+    r(eeg[0])
+    before = (r.mean, r.square)
+    out = r(eeg[1] * 100, update=False)
+    assert (r.mean, r.square) == before
+    expected = (eeg[1] * 100.0 - before[0]) / np.sqrt(before[1] - before[0] ** 2)
+    np.testing.assert_allclose(out, expected, rtol=1e-4)
+
+
+def test_causal_median_by_hand() -> None:
+    from edgetta.sleep.smoothing import causal_median
+
+    assert causal_median(np.array([0, 0, 4, 0, 2, 2, 2]), 3).tolist() == [0, 0, 0, 0, 2, 2, 2]
+    assert causal_median(np.array([3, 1, 1]), 3).tolist() == [3, 1, 1]  # lower median of [1, 3] is 1
+    assert causal_median(np.array([4, 2, 0]), 1).tolist() == [4, 2, 0]
