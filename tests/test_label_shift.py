@@ -1,7 +1,9 @@
 """Label-shift guard: label-correlated batches normalised with robust statistics; covariate gain kept.
 
 The bundled demo stream sorted by label inside each noise phase is the label-correlated stream; the same
-phases in their original (i.i.d.) order are the covariate-shift stream. Each test has a no-guard control.
+phases in their original (i.i.d.) order are the covariate-shift stream, and the fog phase is the covariate
+shift on which the source model is confidently wrong (the entropy test alone mistakes it for label shift).
+Each test has a no-guard (or entropy-test-only) control.
 """
 
 from __future__ import annotations
@@ -18,22 +20,35 @@ from edgetta.runtime.config import load_config
 ART = Path(edgetta.__file__).parent / "assets" / "fmnist_resnet_bn"
 GUARD = "label_shift_guard"
 PHASES = (1, 3)  # gaussian noise and impulse noise, severity 5
+FOG = 4
+GUARDED_PRESETS = ("bn", "tent", "eata", "sar", "safe_tent")
 
 
-@pytest.fixture(scope="module")
-def phases() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def demo_phases(wanted: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(ART.parent / "demo_stream.npz", allow_pickle=False) as data:
         images, labels, phase = data["images"], data["labels"], data["phase"]
-    mask = np.isin(phase, PHASES)
+    mask = np.isin(phase, wanted)
     x = ((images[mask].astype(np.float32) / 255.0 - 0.2860) / 0.3530)[:, None].astype(np.float32)
     return x, labels[mask].astype(np.int64), phase[mask]
 
 
-def error(preset: str, x: np.ndarray, y: np.ndarray, guard: bool = True) -> tuple[float, Adapter]:
-    """Error of a shipped preset, with the (opt-in) guard added to its rails or not."""
+@pytest.fixture(scope="module")
+def phases() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return demo_phases(PHASES)
+
+
+def rail_name(rail: str | dict) -> str:
+    return rail if isinstance(rail, str) else rail["name"]
+
+
+def error(preset: str, x: np.ndarray, y: np.ndarray, guard: bool | dict = True) -> tuple[float, Adapter]:
+    """Error of a shipped preset as shipped, without its guard (False) or with the guard's arguments (dict)."""
     config = load_config(preset=preset)
-    if guard and preset != "frozen":
-        config = load_config(preset=preset, rails=[*config.rails, GUARD])
+    if guard is not True:
+        rails = [r for r in config.rails if rail_name(r) != GUARD]
+        if isinstance(guard, dict):
+            rails.insert(1, {"name": GUARD, **guard})
+        config = load_config(preset=preset, rails=rails)
     adapter = Adapter(ART, config)
     preds = np.concatenate([adapter.process(x[i : i + 64]).preds for i in range(0, len(x), 64)])
     return float(100 * np.mean(preds != y)), adapter
@@ -66,6 +81,45 @@ def test_covariate_shift_gain_is_kept(phases):
     assert plain < frozen - 10, numbers  # BN refresh helps on these phases
     assert guarded <= plain + 2, numbers
     assert adapter.event_counts["statistics"] <= 1
+
+
+def test_a_confidently_wrong_covariate_shift_keeps_batch_statistics():
+    """Fog: BN raises the mean entropy (the source is confidently wrong), but the robust statistics misfit."""
+    x, y, _ = demo_phases((FOG,))
+    frozen, _ = error("frozen", x, y)
+    plain, _ = error("bn", x, y, guard=False)
+    guarded, adapter = error("bn", x, y)
+    entropy_only, control = error("bn", x, y, guard={"max_misfit": 1e9})
+    numbers = f"frozen {frozen:.1f}, bn {plain:.1f}, guarded {guarded:.1f}, entropy test only {entropy_only:.1f}"
+    assert plain < frozen - 10, numbers
+    # The control: the entropy test alone falls back to the source statistics and loses the gain.
+    assert entropy_only > plain + 10 and control.event_counts["statistics"] > 0, numbers
+    assert guarded <= plain + 2, numbers
+    assert adapter.event_counts["statistics"] == 0, numbers
+    assert adapter.event_counts["statistics_kept"] > 0, numbers
+
+
+def test_the_fallback_is_an_event_with_its_signals(phases):
+    x, y = label_sorted(*phases)
+    adapter = Adapter(ART, load_config(preset="bn"))
+    events = [e for i in range(0, 192, 64) for e in adapter.process(x[i : i + 64]).events if e.kind == "statistics"]
+    assert events and all(e.rail == GUARD for e in events)
+    for e in events:
+        assert e.data["entropy_own"] - e.data["entropy_robust"] > 0.03 * np.log(10)
+        assert e.data["misfit"] <= 0.75
+
+
+@pytest.mark.parametrize("preset", GUARDED_PRESETS)
+def test_presets_that_use_batch_statistics_include_the_guard(preset):
+    config = load_config(preset=preset)
+    assert config.method_args.get("bn_alpha", 1.0) > 0
+    assert GUARD in [rail_name(r) for r in config.rails]
+    assert GUARD in Adapter(ART, config).rails.names
+
+
+@pytest.mark.parametrize("preset", ["frozen", "bn_ema", "lame"])
+def test_presets_without_batch_statistics_leave_it_out(preset):
+    assert GUARD not in [rail_name(r) for r in load_config(preset=preset).rails]
 
 
 def test_robust_statistics_are_checkpointed_exactly(phases, tmp_path):

@@ -450,7 +450,7 @@ def test_code_and_file_configs_share_defaults(tmp_path):
     file.write_text("method: tent\n")
     assert load_config(file) == RuntimeConfig(method="tent")
     assert load_config(preset="safe_tent").name == "safe_tent"
-    assert load_config(preset="tent").rails == ["nonfinite_guard"]
+    assert load_config(preset="tent").rails == ["nonfinite_guard", "label_shift_guard"]
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -14,14 +14,27 @@ is declared label-correlated when
 
     mean_i H_i(batch stats) - mean_i H_i(robust stats) > margin_fraction * ln C,
 
-and then its predictions come from the robust forward and it does not update the model (its statistics
-and its gradient are both untrusted). Otherwise the batch's own forward is kept (and reused by the method).
+unless the robust statistics are themselves untrustworthy for the batch: the fallback is vetoed when,
+in the robust forward, the shallowest half of the BN layers sees a batch variance off from the robust
+running variance by more than a factor e^max_misfit,
+
+    | mean_{l in shallowest half} mean_c log(var_batch_{l,c} / var_robust_{l,c}) | > max_misfit.
+
+The entropy test alone mistakes a covariate shift on which the source model is confidently wrong (fog,
+low contrast: BN raises the mean entropy there because it breaks the source's collapse onto one class)
+for label shift. What tells them apart is low-level: shallow features carry little class signal, so a
+label-correlated batch leaves their variance near the robust value (validation label-sorted batches:
+at most 0.62), while a shift that strong makes the robust statistics misnormalise every layer (the
+situation BN adapt was made for; Schneider et al. 2020). A flagged batch gets its predictions from the
+robust forward and does not update the model (its statistics and its gradient are both untrusted); a
+vetoed or unflagged batch keeps its own forward (reused by the method). Both decisions are events.
 
 Robust statistics follow RoTTA's robust BN (Yuan et al., CVPR 2023, Eq. 4-5): global statistics updated
 by an EMA of batch statistics, mu <- (1-m) mu + m mu_batch, var <- (1-m) var + m var_batch, m = 0.05,
 starting from the source running statistics, here updated only from batches the test trusts (RoTTA
 updates from every batch of its category-balanced memory). ``momentum: 0`` uses the model's own running
-statistics instead. Cost: one extra forward per batch. Events: "statistics" for each replaced batch.
+statistics instead. Cost: one extra forward per batch. Events: "statistics" for each replaced batch,
+"statistics_kept" for each vetoed one.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from edgetta.safety.base import RESET_SOURCE, Rail, RailEnv, RailUnavailable, St
 __all__ = ["LabelShiftGuard"]
 
 LOGITS = "logits"
+EPS = 1e-5
 
 
 class LabelShiftGuard(Rail):
@@ -47,10 +61,12 @@ class LabelShiftGuard(Rail):
     acts_on = frozenset({Target.STATISTICS})
     optional = True  # a model without BatchNorm has no batch statistics to distrust
 
-    def __init__(self, margin_fraction: float = 0.03, momentum: float = 0.05) -> None:
+    def __init__(self, margin_fraction: float = 0.03, momentum: float = 0.05, max_misfit: float = 0.75) -> None:
         self.margin_fraction = check_number(self.name, "margin_fraction", margin_fraction, low=0.0)
         self.momentum = check_number(self.name, "momentum", momentum, low=0.0, high=1.0)
+        self.max_misfit = check_number(self.name, "max_misfit", max_misfit, low=0.0)
         self.layers: tuple[tuple[str, str, str, str], ...] = ()
+        self.shallow: tuple[tuple[str, str, str, str], ...] = ()
         self.robust: dict[str, np.ndarray] = {}
         self.source: dict[str, np.ndarray] = {}
         self.margin = 0.0
@@ -60,6 +76,7 @@ class LabelShiftGuard(Rail):
         if not env.running_stats:
             raise RailUnavailable(f"{self.name}: the model has no BatchNorm running statistics; nothing to guard")
         self.layers = env.running_stats
+        self.shallow = self.layers[: max(1, len(self.layers) // 2)]  # graph order: the shallowest half
         self.source = {k: env.source[k].copy() for rm, rv, _, _ in self.layers for k in (rm, rv)}
         self.robust = {k: v.copy() for k, v in self.source.items()}
         self.margin = self.margin_fraction * math.log(env.num_classes)
@@ -69,7 +86,21 @@ class LabelShiftGuard(Rail):
         robust = ctx.forward(0.0, self.robust if self.momentum > 0 else None)
         h_own = float(np.mean(entropy_of(own[LOGITS])))
         h_robust = float(np.mean(entropy_of(robust[LOGITS])))
-        if h_own - h_robust > self.margin:
+        reference = self.robust if self.momentum > 0 else ctx.params
+        misfit = self.misfit(robust, reference) if h_own - h_robust > self.margin else 0.0
+        if misfit > self.max_misfit:
+            ctx.emit(
+                self.name,
+                "statistics_kept",
+                f"batch statistics kept: they raise the mean entropy from {h_robust:.3f} to {h_own:.3f} nats, but the "
+                f"robust statistics misfit the shallow layers (mean log variance ratio {misfit:.2f} > "
+                f"{self.max_misfit:g}): a strong covariate shift, not a label-correlated batch",
+                entropy_own=h_own,
+                entropy_robust=h_robust,
+                misfit=misfit,
+            )
+            self.update_robust(own)
+        elif h_own - h_robust > self.margin:
             self.replaced += 1
             ctx.replace(robust)
             ctx.emit(
@@ -79,12 +110,27 @@ class LabelShiftGuard(Rail):
                 f"{h_own:.3f} nats (margin {self.margin:.3f}); normalising with robust statistics, no update",
                 entropy_own=h_own,
                 entropy_robust=h_robust,
+                misfit=misfit,
             )
-        elif self.momentum > 0:
-            m = self.momentum
-            for rm, rv, bm, bv in self.layers:
-                self.robust[rm] = ((1 - m) * self.robust[rm] + m * own[bm]).astype(np.float32)
-                self.robust[rv] = ((1 - m) * self.robust[rv] + m * own[bv]).astype(np.float32)
+        else:
+            self.update_robust(own)
+
+    def misfit(self, robust: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+        """|mean over the shallowest half of the BN layers of mean_c log(var_batch / var_robust)|, robust forward."""
+        ratios = [
+            np.mean(np.log((robust[bv].astype(np.float64) + EPS) / (reference[rv].astype(np.float64) + EPS)))
+            for _, rv, _, bv in self.shallow
+        ]
+        return float(abs(np.mean(ratios)))
+
+    def update_robust(self, own: dict[str, np.ndarray]) -> None:
+        """RoTTA robust-BN EMA (Eq. 4-5) from a trusted batch's own statistics."""
+        if self.momentum <= 0:
+            return
+        m = self.momentum
+        for rm, rv, bm, bv in self.layers:
+            self.robust[rm] = ((1 - m) * self.robust[rm] + m * own[bm]).astype(np.float32)
+            self.robust[rv] = ((1 - m) * self.robust[rv] + m * own[bv]).astype(np.float32)
 
     def on_reset(self, target: str) -> None:
         if target == RESET_SOURCE:
