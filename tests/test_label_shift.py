@@ -99,6 +99,20 @@ def test_a_confidently_wrong_covariate_shift_keeps_batch_statistics():
     assert adapter.event_counts["statistics_kept"] > 0, numbers
 
 
+def test_a_stream_mixing_corruptions_keeps_batch_statistics():
+    """Shuffled noise, blur and fog: mixed batches raise the entropy, but their deep variance does not drop."""
+    x, y, _ = demo_phases((1, 2, 3, 4))
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    plain, _ = error("bn", x, y, guard=False)
+    guarded, adapter = error("bn", x, y)
+    entropy_only, control = error("bn", x, y, guard={"variance_drop": 0.0, "max_misfit": 1e9})
+    numbers = f"bn {plain:.1f}, guarded {guarded:.1f}, entropy test only {entropy_only:.1f}"
+    assert guarded <= plain + 1, numbers
+    # The control: the entropy test alone replaces some mixed batches; the deep-variance test keeps them.
+    assert adapter.event_counts["statistics"] == 0 < control.event_counts["statistics"], numbers
+
+
 def test_the_fallback_is_an_event_with_its_signals(phases):
     x, y = label_sorted(*phases)
     adapter = Adapter(ART, load_config(preset="bn"))
@@ -106,6 +120,7 @@ def test_the_fallback_is_an_event_with_its_signals(phases):
     assert events and all(e.rail == GUARD for e in events)
     for e in events:
         assert e.data["entropy_own"] - e.data["entropy_robust"] > 0.03 * np.log(10)
+        assert e.data["log_variance_ratio"] < -0.1
         assert e.data["misfit"] <= 0.75
 
 
