@@ -124,6 +124,20 @@ def test_the_fallback_is_an_event_with_its_signals(phases):
         assert e.data["misfit"] <= 0.75
 
 
+@pytest.mark.parametrize("preset", ["tent", "eata", "sar"])
+def test_a_replaced_batch_never_updates(phases, preset):
+    x, _ = label_sorted(*phases)
+    adapter = Adapter(ART, load_config(preset=preset))
+    held = 0
+    for i in range(0, 192, 64):
+        before = adapter.totals["backward_passes"]
+        result = adapter.process(x[i : i + 64])
+        if any(e.kind == "statistics" for e in result.events):
+            held += 1
+            assert not result.updated and adapter.totals["backward_passes"] == before
+    assert held
+
+
 @pytest.mark.parametrize("preset", GUARDED_PRESETS)
 def test_presets_that_use_batch_statistics_include_the_guard(preset):
     config = load_config(preset=preset)

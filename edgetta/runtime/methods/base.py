@@ -96,8 +96,8 @@ class Method:
         if not (update and self.adapts):
             return out
         ctx = self.context(out, batch_index)
-        ctx.skip_update = held
         self.select(ctx)
+        ctx.skip_update = ctx.skip_update or held  # a batch whose statistics a rail replaced never updates
         self.rails.before_update(ctx)
         if not ctx.skip_update and (self.steps_without_samples or np.any(ctx.weights > 0)):
             self.gradients(x, ctx, out, outputs)
