@@ -21,7 +21,7 @@ ART = Path(edgetta.__file__).parent / "assets" / "fmnist_resnet_bn"
 GUARD = "label_shift_guard"
 PHASES = (1, 3)  # gaussian noise and impulse noise, severity 5
 FOG = 4
-GUARDED_PRESETS = ("bn", "tent", "eata", "sar", "safe_tent")
+GUARDED_PRESETS = ("bn", "tent", "eata", "sar", "safe_tent", "deyo")
 
 
 def demo_phases(wanted: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,7 +124,7 @@ def test_the_fallback_is_an_event_with_its_signals(phases):
         assert e.data["misfit"] <= 0.75
 
 
-@pytest.mark.parametrize("preset", ["tent", "eata", "sar"])
+@pytest.mark.parametrize("preset", ["tent", "eata", "sar", "deyo"])
 def test_a_replaced_batch_never_updates(phases, preset):
     x, _ = label_sorted(*phases)
     adapter = Adapter(ART, load_config(preset=preset))
@@ -146,7 +146,7 @@ def test_presets_that_use_batch_statistics_include_the_guard(preset):
     assert GUARD in Adapter(ART, config).rails.names
 
 
-@pytest.mark.parametrize("preset", ["frozen", "bn_ema", "lame"])
+@pytest.mark.parametrize("preset", ["frozen", "bn_ema", "lame", "foa"])
 def test_presets_without_batch_statistics_leave_it_out(preset):
     assert GUARD not in [rail_name(r) for r in load_config(preset=preset).rails]
 
