@@ -223,3 +223,18 @@ def test_causal_median_by_hand() -> None:
     assert causal_median(np.array([0, 0, 4, 0, 2, 2, 2]), 3).tolist() == [0, 0, 0, 0, 2, 2, 2]
     assert causal_median(np.array([3, 1, 1]), 3).tolist() == [3, 1, 1]  # lower median of [1, 3] is 1
     assert causal_median(np.array([4, 2, 0]), 1).tolist() == [4, 2, 0]
+
+
+def test_the_sleep_commands_run_without_torch(tmp_path, short_cohort) -> None:
+    """Bedside staging is device-side: stage a night through the CLI with every torch import refused."""
+    from tests.conftest import run_without_torch
+
+    rec = short_cohort[1]
+    body = (
+        "from edgetta.cli import main\n"
+        f"rc = main(['sleep', 'stage', {str(rec.psg)!r}, '--hypnogram', {str(rec.hypnogram)!r}, "
+        f"'--out', {str(tmp_path / 'o')!r}])\n"
+    )
+    done = run_without_torch(body, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "o/metrics.json").exists()
