@@ -187,8 +187,9 @@ class DiversityGate(Rail):
     Entropy minimisation on a batch whose predictions are dominated by one class pulls the normalisation
     parameters towards that class (Niu et al., ICLR 2023, Sec. 3; Boudiaf et al., CVPR 2022). Skip the
     update when the most frequent predicted class takes more than ``max_class_fraction`` of a batch of at
-    least ``min_batch`` samples; predictions are unaffected. Default: min(0.9, 3.5 / C) (0.35 for 10
-    classes, 0.7 for 5 sleep stages), well above what an i.i.d. batch of 64 reaches.
+    least ``min_batch`` samples; predictions are unaffected. Default: min(0.9, max(3.5 / C, 5 / B)) for a
+    batch of B (0.35 for 10 classes, 0.7 for 5 sleep stages; for 1000 classes at B = 64, 5 samples of one
+    class, 7.8%, since 3.5 / C would be under one sample), well above what an i.i.d. batch reaches.
     """
 
     name = "diversity_gate"
@@ -202,8 +203,10 @@ class DiversityGate(Rail):
         )
         self.min_batch = int(check_number(self.name, "min_batch", min_batch, low=1.0))
 
-    def bound(self, num_classes: int) -> float:
-        return self.max_class_fraction if self.max_class_fraction is not None else min(0.9, 3.5 / num_classes)
+    def bound(self, num_classes: int, batch: int = 1) -> float:
+        if self.max_class_fraction is not None:
+            return self.max_class_fraction
+        return min(0.9, max(3.5 / num_classes, 5.0 / batch))
 
     def before_update(self, ctx: StepContext) -> None:
         preds = np.argmax(ctx.logits, axis=1)
@@ -211,7 +214,7 @@ class DiversityGate(Rail):
             return
         counts = np.bincount(preds, minlength=ctx.num_classes)
         fraction = float(counts.max()) / preds.size
-        bound = self.bound(ctx.num_classes)
+        bound = self.bound(ctx.num_classes, preds.size)
         if fraction > bound:
             ctx.skip_update = True
             ctx.emit(

@@ -246,6 +246,7 @@ class GradientMethod(Method):
     a forward (``infer``) comes first and the adapt graph runs only if some sample keeps a weight. Should a
     rail change the weights after a single call anyway, the adapt graph runs again with the new weights:
     weights are never ignored. ``bn_momentum`` > 0 also refreshes the BN running statistics once per update.
+    ``lr_batch`` > 0 scales the learning rate linearly with the batch: lr * n / lr_batch for a batch of n.
     """
 
     preview = False  # True when ``select`` needs the entropies before the adapt call
@@ -261,8 +262,14 @@ class GradientMethod(Method):
         bn_alpha: float = 1.0,
         bn_momentum: float = 0.0,
         reforward: bool = False,
+        lr_batch: int = 0,
     ) -> None:
         self.reforward = bool(reforward)  # predict after the update (one more forward) instead of before
+        if isinstance(lr_batch, bool) or int(lr_batch) != lr_batch or lr_batch < 0:
+            raise ValueError(f"lr_batch must be an integer >= 0 (0: lr as given), got {lr_batch}")
+        # lr_batch > 0: ``lr`` is the rate at that batch size and each step uses lr * n / lr_batch for a batch
+        # of n (the linear scaling rule the papers write as (base / 64) * B)
+        self.base_lr, self.lr_batch = float(lr), int(lr_batch)
         kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
         if optimizer.lower() == "sgd":
             kwargs.update(momentum=momentum, nesterov=nesterov)
@@ -313,6 +320,8 @@ class GradientMethod(Method):
         if self.bn_momentum > 0:
             self.state.refresh_running_stats(outputs, self.bn_momentum)
         proposed = {k: v.copy() for k, v in ctx.params.items()}
+        if self.lr_batch:
+            self.optimizer.lr = self.base_lr * len(ctx.weights) / self.lr_batch
         self.optimizer.step(proposed, ctx.grads or {})
         return proposed
 

@@ -3,6 +3,10 @@ confidence, with Fisher anti-forgetting (the ``fisher_anchor`` rail).
 
 - reliability (Eq. 3): keep sample i iff H_i < E0, E0 = e0_fraction * ln C (0.4 ln C by default);
 - redundancy (Eq. 6-7): keep iff |cos(m, p_i)| < eps, m an EMA (0.9) of selected mean probabilities;
+  eps defaults to eps_scale / sqrt(C) with eps_scale = sqrt(2): a confident prediction of a class-balanced
+  stream has cos(m, p) ~ 1/sqrt(C), so a sample is redundant when its cosine exceeds sqrt(2) times that.
+  The rule gives 0.447 for C = 10 and 0.0447 for C = 1000, against the paper's 0.4 (CIFAR-10) and 0.05
+  (ImageNet); a fixed ``eps`` overrides it;
 - weight (Eq. 8): S_i = 1 / exp(H_i - E0), no gradient through S; loss = mean over kept of S_i H_i;
 - no step when no sample survives (the saving in backward passes the paper reports).
 """
@@ -27,19 +31,28 @@ class Eata(GradientMethod):
         self,
         e0: float | None = None,
         e0_fraction: float = 0.4,
-        eps: float = 0.05,
+        eps: float | None = None,
+        eps_scale: float = math.sqrt(2.0),
         redundancy_momentum: float = 0.9,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.e0_value, self.e0_fraction = e0, float(e0_fraction)
-        self.redundancy = RedundancyFilter(eps=float(eps), momentum=float(redundancy_momentum))
+        if (eps is not None and eps <= 0) or eps_scale <= 0:
+            raise ValueError(f"eps and eps_scale must be positive, got {eps}, {eps_scale}")
+        self.eps_value, self.eps_scale = eps, float(eps_scale)
+        self.redundancy = RedundancyFilter(eps=float(eps or 1.0), momentum=float(redundancy_momentum))
 
     def e0(self, num_classes: int) -> float:
         return float(self.e0_value) if self.e0_value is not None else self.e0_fraction * math.log(num_classes)
 
+    def eps(self, num_classes: int) -> float:
+        """The redundancy threshold: ``eps`` when given, else eps_scale / sqrt(C)."""
+        return float(self.eps_value) if self.eps_value is not None else self.eps_scale / math.sqrt(num_classes)
+
     def select(self, ctx: StepContext) -> None:
         e0 = self.e0(ctx.num_classes)
+        self.redundancy.eps = self.eps(ctx.num_classes)
         reliable = np.flatnonzero(ctx.entropy < e0)
         keep = np.zeros(len(ctx.entropy), dtype=bool)
         if reliable.size:
@@ -58,6 +71,7 @@ class Eata(GradientMethod):
                 unreliable=int(len(keep) - reliable.size),
                 redundant=int(reliable.size - n),
                 e0=round(e0, 4),
+                eps=round(self.redundancy.eps, 4),
             )
         coeff = np.exp(-(ctx.entropy.astype(np.float64) - e0))
         ctx.weights = np.where(keep, coeff / max(n, 1), 0.0).astype(np.float32)
