@@ -91,6 +91,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _bundled_presets() -> list[str]:
+    """Preset names from the packaged YAML files (without importing the runtime: --help stays fast)."""
+    from importlib import resources
+
+    return sorted(p.name[:-5] for p in resources.files("edgetta.configs").iterdir() if p.name.endswith(".yaml"))
+
+
 def _method_choice(name: str | None) -> dict[str, str]:
     """``--method NAME``: a bundled preset when one has that name, else the method with its own defaults."""
     from edgetta.runtime.config import preset_names
@@ -212,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="NPZ with x (model-ready inputs) and optional y, domain")
     p.add_argument(
         "--method",
-        help="a bundled preset (frozen, bn, bn_ema, lame, tent, eata, sar, safe_tent) or a method with its own "
-        "defaults and no rails",
+        help=f"a bundled preset ({', '.join(_bundled_presets())}) or a method with its own defaults and no rails",
     )
     p.add_argument("--config", help="YAML config (may name a preset and override any key)")
     p.add_argument("--batch-size", type=int)
