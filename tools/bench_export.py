@@ -77,9 +77,7 @@ def main() -> None:
     started, cpu = time.perf_counter(), time.process_time()
     export_model(model, torch.randn(args.batch, 3, args.size, args.size), out, progress=True)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    print(
-        f"resnet18 {args.size}x{args.size}: exported and verified in {wall:.1f} s ({cpu:.1f} s of CPU in all threads)"
-    )
+    print(f"resnet18 {args.size}x{args.size}: exported and verified in {wall:.1f} s ({cpu:.1f} s CPU, all threads)")
     print(size_report(out))
 
 
