@@ -177,6 +177,20 @@ def test_eval_and_synth_commands(tmp_path, short_cohort, capsys) -> None:
     assert len(list((tmp_path / "s").glob("*PSG.edf"))) == 1
 
 
+def test_synth_command_writes_the_shifts_asked_for(tmp_path, capsys) -> None:
+    from edgetta.cli import main
+
+    args = ["sleep", "synth", "--subjects", "3", "--hours", "0.2"]
+    assert main([*args, "--shifts", "pops,gain", "--out", str(tmp_path / "a")]) == 0
+    records = json.loads((tmp_path / "a/cohort.json").read_text())["records"]
+    assert [r["shift"] for r in records] == ["pops", "gain", "pops"]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0  # default: first half clean, then shifted
+    records = json.loads((tmp_path / "b/cohort.json").read_text())["records"]
+    assert [r["shift"] is None for r in records] == [True, True, False]
+    assert main([*args, "--shifts", "bogus", "--out", str(tmp_path / "c")]) == 2
+    assert "unknown shift bogus" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line(tmp_path, capsys) -> None:
     from edgetta.cli import main
 

@@ -149,13 +149,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from edgetta.errors import ConfigError
-    from edgetta.sleep.synth import write_cohort
+    from edgetta.sleep.synth import SHIFTS, default_shifts, write_cohort
 
     if args.subjects < 1:
         raise ConfigError(f"--subjects {args.subjects}: give at least 1")
+    if args.shifts == "default":
+        shifts = default_shifts(args.subjects)
+    elif args.shifts == "none":
+        shifts = [None] * args.subjects
+    else:
+        names = [s.strip() for s in args.shifts.split(",") if s.strip()]
+        unknown = [n for n in names if n not in SHIFTS]
+        if unknown or not names:
+            raise ConfigError(
+                f"--shifts {args.shifts!r}: unknown shift {', '.join(unknown) or '(none given)'}; "
+                f"use 'default', 'none' or a comma-separated list of {', '.join(SHIFTS)}"
+            )
+        shifts = [names[i % len(names)] for i in range(args.subjects)]
     out = _output_dir(args.out)
-    records = write_cohort(out, args.subjects, seed=args.seed, hours=args.hours)
-    print(f"{len(records)} synthetic nights (EDF+ PSG and hypnogram pairs) written to {out}")
+    records = write_cohort(out, args.subjects, seed=args.seed, shifts=shifts, hours=args.hours)
+    shifted = sum(s is not None for s in shifts)
+    print(
+        f"{len(records)} synthetic nights (EDF+ PSG and hypnogram pairs, {shifted} with a recording shift) "
+        f"written to {out}"
+    )
     return 0
 
 
@@ -188,5 +205,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subjects", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hours", type=float, default=8.0, help="hours per night")
+    p.add_argument(
+        "--shifts",
+        default="default",
+        help="recording shifts: 'default' (first half clean, the rest cycling through every shift), 'none', or a "
+        "comma-separated list cycled over the subjects (gain, alpha_freq, slope, line_noise, wander, pops, rate, "
+        "mixed)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_synth)
