@@ -124,6 +124,10 @@ def test_artifact_with_embedded_weights_still_loads(artifacts, tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     old, new = load_artifact(path), load_artifact(source)
     assert old.manifest.weights is None
+    from edgetta.runtime.inspect import size_report
+
+    assert "weights.bin" not in size_report(path) and "re-export to store them once" in size_report(path)
+    assert "re-export" not in size_report(source)
     x = np.random.default_rng(1).standard_normal((2, *new.input_shape[1:])).astype(np.float32)
     got = OrtEngine(old, EngineOptions(extra={"graph_cache": False}))
     want = OrtEngine(new, EngineOptions(extra={"graph_cache": False}))
