@@ -187,13 +187,23 @@ def run_child(name: str, work: Path, reps: int, timeout: float) -> dict[str, Any
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:
         return json.loads(lines[-1])
-    tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-6:]
+    (work / f"{name}.stderr").write_text(done.stderr)
     return {
         "model": name,
         "status": "failed",
         "seconds": round(time.perf_counter() - started, 1),
-        "error": "\n".join(tail) or f"exit status {done.returncode}",
+        "error": summarize_error(done.stderr) or f"exit status {done.returncode}",
     }
+
+
+def summarize_error(stderr: str) -> str:
+    """The exception line and the last frames in edgetta and in the model's own code, from a traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip() and "Warning" not in line]
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+    ours = [lines[i].strip() for i in frames if "edgetta" in lines[i]][-1:]
+    model = [lines[i].strip() for i in frames if "torchvision" in lines[i] or "timm" in lines[i]][-1:]
+    errors = [line.strip() for line in lines if not line.startswith(" ") and ("Error" in line or "Exception" in line)]
+    return " | ".join(errors[-1:] + ours + model)
 
 
 def write(path: Path, records: dict[str, Any]) -> None:
