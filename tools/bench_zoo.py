@@ -63,6 +63,18 @@ ZOO: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...]]] = {
 }
 
 
+# Diagnosed blockers of models that fail (shown in the table next to the error).
+BLOCKERS: dict[str, str] = {
+    "tv_convnext_tiny": "torchvision's `LayerNorm2d` (an nn.LayerNorm subclass whose forward permutes to "
+    "channels-last, normalises and permutes back; the downsampling layers) is swapped for the exporter's "
+    "plain-op LayerNorm twin "
+    "(edgetta/export/norms.py `rewrite_norms` matches it by isinstance), which drops the permutes and normalises "
+    "the last (spatial) axis: 'size of tensor a (16) must match the size of tensor b (96)'",
+    "timm_convnext_atto": "timm's `LayerNorm2d` (an nn.LayerNorm subclass normalising channels-first): as "
+    "tv_convnext_tiny",
+}
+
+
 # -- torchvision without its C extension ------------------------------------------------------------
 _TV_LIBRARY: Any = None  # keeps the operator declarations alive
 
@@ -170,6 +182,8 @@ def run_one(name: str, work: Path, reps: int) -> dict[str, Any]:
     record["export_s"] = round(time.perf_counter() - started, 1)
     record["artifact_mb"] = round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6, 2)
     record["norm_layers"] = len(manifest.get("norm_layers", []))
+    record["exporter"] = manifest.get("exporter")
+    record["files"] = sorted(p.name for p in out.iterdir() if p.is_file())
     record["parity"] = (manifest.get("verification") or {}).get("results")
     ok, text = trt_lint_artifact(out)
     record["trt_lint"] = {"ok": ok, "errors": [line.strip() for line in text.splitlines() if "error:" in line][:5]}
@@ -254,8 +268,8 @@ def table(records: dict[str, Any]) -> str:
     rows = [head]
     for name, r in records.items():
         if r.get("status") != "ok":
-            error = " ".join(str(r.get("error", "")).split())[-160:]
-            rows.append(f"| {name} | | | | | **{r.get('status')}**: {error} | | | |")
+            why = BLOCKERS.get(name) or " ".join(str(r.get("error", "")).split())[-200:]
+            rows.append(f"| {name} | | | | | **{r.get('status')}**: {why} | | | |")
             continue
         lint = "ok" if r["trt_lint"]["ok"] else "errors"
         shape = "x".join(str(d) for d in r["input"])
@@ -264,6 +278,18 @@ def table(records: dict[str, Any]) -> str:
             f"| {_fmt_parity(r['parity'], 0.0)} | {_fmt_parity(r['parity'], 1.0)} | {lint} | {r['tent/frozen']} |"
         )
     return "\n".join(rows)
+
+
+TABLE_START, TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def write_table(doc: Path, records: dict[str, Any]) -> None:
+    """Replace the table between the zoo-table markers of ``doc`` (docs/export.md)."""
+    text = doc.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise SystemExit(f"{doc} has no {TABLE_START} ... {TABLE_END} section")
+    head, rest = text.split(TABLE_START, 1)
+    doc.write_text(f"{head}{TABLE_START}\n{table(records)}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,12 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--keep", action="store_true", help="keep models already in --out with status ok")
     p.add_argument("--table", action="store_true", help="print the Markdown table of --out and exit")
+    p.add_argument("--doc", type=Path, help="with --table: also write it into this Markdown file's zoo-table section")
     p.add_argument("--retime", action="store_true", help="time again the models of --out found in --work")
+    p.add_argument("--add", type=Path, help="add the records of this JSON file (one record or a list) to --out")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         record = run_one(args.child, args.work, args.reps)
         print(json.dumps(record))
+        return 0
+    if args.add:
+        data = json.loads(args.out.read_text()) if args.out.exists() else {"models": {}}
+        added = json.loads(args.add.read_text())
+        for record in added if isinstance(added, list) else [added]:
+            data["models"][record["model"]] = record
+        write(args.out, data["models"])
         return 0
     if args.retime:
         data = json.loads(args.out.read_text())
@@ -290,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         write(args.out, data["models"])
         return 0
     if args.table:
-        print(table(json.loads(args.out.read_text())["models"]))
+        records = json.loads(args.out.read_text())["models"]
+        if args.doc:
+            write_table(args.doc, records)
+        print(table(records))
         return 0
     records: dict[str, Any] = {}
     if args.keep and args.out.exists():

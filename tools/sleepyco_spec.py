@@ -1,10 +1,10 @@
-"""SleePyCo (Lee et al., "Automatic sleep scoring from large-scale multi-channel pediatric EEG" / "SleePyCo:
-automatic sleep scoring with feature pyramid and contrastive learning", Expert Systems with Applications 2024)
-as an ``edgetta export`` model SPEC, built from the code and checkpoint that the MIT-licensed ``qlsleeps`` wheel
-ships (package ``qleegss``, copyright EEGION Co., Ltd). Nothing of that code is copied here: it is imported.
+"""SleePyCo (S. Lee, Y. Yu, S. Back, H. Seo and K. Lee, "SleePyCo: Automatic sleep scoring with feature pyramid
+and contrastive learning", Expert Systems with Applications, 2024) as an ``edgetta export`` model SPEC, built
+from the code and checkpoint that the MIT-licensed ``qlsleeps`` wheel ships (package ``qleegss``, copyright
+EEGION Co., Ltd.). Nothing of that code is copied here: it is imported.
 
     pip install --no-deps qlsleeps            # the wheel needs only torch at import time for the model
-    edgetta export tools/sleepyco_spec.py:sleepyco --input-shape 1,1,3000 --out runs/sleepyco \\
+    edgetta export tools/sleepyco_spec.py:sleepyco --input-shape 2,1,3000 --out runs/sleepyco \\
         --class-names W,N1,N2,N3,REM
 
 The shipped network scores one 30-s single-channel EEG epoch at 100 Hz (3000 samples; its own predictor also
