@@ -141,15 +141,9 @@ def make_adapter(artifact, threads: int, optimize: bool, batch: int, window: boo
     from edgetta.runtime.adapter import Adapter
     from edgetta.runtime.config import load_config
 
-    args = {} if window or batch > 1 else {"window": 0}
-    config = load_config(
-        None,
-        method="tent",
-        batch_size=batch,
-        window=WINDOW,
-        engine=engine_config(threads, optimize),
-        method_args=args,
-    )
+    # every call its own batch (min_batch 1), or batch-1 calls through the 16-row sliding window
+    sizes = {"window": WINDOW} if window else {"min_batch": min(batch, 16)}
+    config = load_config(None, method="tent", batch_size=batch, engine=engine_config(threads, optimize), **sizes)
     return Adapter(artifact, config)
 
 
@@ -625,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in names:
         folder = ensure_artifacts(name, work)
-        batches = [int(b) for b in args.batches.split(",")] if args.batches else list(MODELS[name]["batches"])
+        batches = batch_sizes(args.batches, name)
         runs = []
         entry: dict[str, Any] = {"batches": runs}
         if name in args.stream.split(","):
@@ -647,6 +641,15 @@ def main(argv: list[str] | None = None) -> int:
     write_report(out, markdown(results))
     print(markdown(results))
     return 0
+
+
+def batch_sizes(option: str | None, name: str) -> list[int]:
+    """``--batches``: "64,1" for every model, or per model "resnet20:64,sleep:1" (a model not named: none)."""
+    if not option:
+        return list(MODELS[name]["batches"])
+    if ":" not in option:
+        return [int(b) for b in option.split(",")]
+    return [int(b) for part in option.split(",") for m, _, b in [part.partition(":")] if m == name]
 
 
 def write_report(out: Path, generated: str) -> None:
