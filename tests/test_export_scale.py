@@ -174,17 +174,19 @@ def test_cli_progress_flags(tmp_path, monkeypatch, flag, expected):
 
 
 class UnevenPool1d(nn.Module):
-    """EEG-like 1-D net whose pools do not divide the length: 30 samples to 7 (average) and 4 (max)."""
+    """EEG-like 1-D net whose pools do not divide the length: 30 samples to 7 (average) and 4 (max); a
+    PReLU and a fixed average pool (SleePyCo's layers) on the gradient path as well."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv1d(2, 4, 5, padding=2)
         self.bn = nn.BatchNorm1d(4)
+        self.prelu, self.smooth = nn.PReLU(4, init=0.2), nn.AvgPool1d(3, stride=1, padding=1)
         self.avg, self.max = nn.AdaptiveAvgPool1d(7), nn.AdaptiveMaxPool1d(4)
         self.fc = nn.Linear(4 * 11, 3)
 
     def forward(self, x):
-        h = torch.nn.functional.elu(self.bn(self.conv(x)))
+        h = self.smooth(self.prelu(self.bn(self.conv(x))))
         return self.fc(torch.cat([self.avg(h), self.max(h)], dim=2).flatten(1))
 
 

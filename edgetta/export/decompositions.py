@@ -10,6 +10,8 @@ to activations (and through them to the norm parameters) are needed, never weigh
   windows a multiply-and-sum with the per-axis averaging matrix.
 - ``adaptive_max_pool2d`` (1-D runs through it too) -> per-window max and first-argmax; its backward a
   one-hot mask multiply.
+- ``avg_pool2d_backward`` -> a depthwise transposed convolution (decomp_avgpool.py); PReLU's backward
+  -> torch's decomposition into forward ops (decomp_prelu.py).
 - every other backward op with a registered torch decomposition (ReLU, GELU, hardswish,
   max-pool, softmax, ...) uses torch's own decomposition into forward ops.
 """
@@ -20,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch._decomp as torch_decomp
+
+from edgetta.export import decomp_avgpool, decomp_prelu
 
 aten = torch.ops.aten
 
@@ -218,4 +222,6 @@ def decomposition_table() -> dict[Callable, Callable]:
     table[aten.adaptive_max_pool2d_backward.default] = adaptive_max_pool2d_backward
     table[aten.select_backward.default] = select_backward
     table[aten.slice_backward.default] = slice_backward
+    table.update(decomp_avgpool.decompositions())  # avg_pool{1,2}d backward (torch registers none)
+    table.update(decomp_prelu.decompositions())
     return table

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from edgetta.contract import NormLayer
 from edgetta.errors import ExportError
+from edgetta.export import decomp_prelu
 from edgetta.export.attention import rewrite_attention
 from edgetta.export.layers import rewrite_linear
 from edgetta.export.norms import TraceContext, norm_kind, rewrite_norms
@@ -70,6 +71,7 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm1d,
     nn.InstanceNorm2d,
     nn.InstanceNorm3d,
+    *decomp_prelu.LAYERS,
 )
 
 

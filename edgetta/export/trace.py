@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -273,10 +274,10 @@ def _convert(wrapper: nn.Module, args: tuple, dynamic: tuple, sig: GraphSignatur
         with _tracing_settings():
             return torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic, **options)
     except Exception as exc:  # the exporter raises many types; report the missing op plainly
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0] if str(exc) else "")  # no terminal colours
         raise ExportError(
-            f"ONNX export of the {which} graph failed: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}. The model uses an operation edgetta cannot "
-            "express in standard ONNX; see the supported layers in edgetta/export/prepare.py."
+            f"ONNX export of the {which} graph failed: {type(exc).__name__}: {first}. The model uses an operation "
+            "edgetta cannot express in standard ONNX; see the supported layers in edgetta/export/prepare.py."
         ) from exc
 
 
