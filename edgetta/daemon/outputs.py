@@ -22,7 +22,7 @@ import numpy as np
 
 from edgetta.errors import OutputError
 from edgetta.kernels.softmax import softmax
-from edgetta.streams.records import RECORD_FIELDS, EventLike, Record
+from edgetta.streams.records import ADAPTATION_FIELDS, RECORD_FIELDS, EventLike, Record
 
 EXTRA_FIELDS = ("predicted_at",)
 
@@ -94,14 +94,24 @@ class OffsetFile:
 
 class RecordOutput:
     """One line per record: ``jsonl`` (Record fields, ``predicted_at``, optional ``probs``), ``csv`` (the
-    same columns, probabilities space-separated) or ``stdout`` (JSON lines; not resumable: no offset)."""
+    same columns, probabilities space-separated) or ``stdout`` (JSON lines; not resumable: no offset).
+    ``adaptation``: also the :data:`ADAPTATION_FIELDS` (signal-quality flag, excluded, adapted, gated, the
+    call's events as ``rail:kind``; space-separated in CSV)."""
 
     def __init__(
-        self, fmt: str, path: Path | None, *, offset: int = 0, probabilities: bool = False, keep_tail: bool = False
+        self,
+        fmt: str,
+        path: Path | None,
+        *,
+        offset: int = 0,
+        probabilities: bool = False,
+        keep_tail: bool = False,
+        adaptation: bool = False,
     ) -> None:
-        self.format, self.probabilities = fmt, probabilities
+        self.format, self.probabilities, self.adaptation = fmt, probabilities, adaptation
         self.file = None if fmt == "stdout" or path is None else OffsetFile(path, offset, keep_tail=keep_tail)
         self.columns = list(RECORD_FIELDS) + list(EXTRA_FIELDS) + (["probs"] if probabilities else [])
+        self.columns += list(ADAPTATION_FIELDS) if adaptation else []
         if fmt == "csv" and self.file is not None and self.file.offset == 0:
             self.file.write(self._csv_line(self.columns))
 
@@ -124,6 +134,8 @@ class RecordOutput:
     def row(self, record: Record) -> dict[str, Any]:
         row = record.to_json()
         row["predicted_at"] = round(time.time(), 6)
+        if self.adaptation:
+            row.update(record.adaptation_json())
         if self.probabilities:
             probs = None if record.logits is None or record.pred is None else softmax(record.logits)
             row["probs"] = None if probs is None else [round(float(p), 6) for p in probs]
@@ -140,6 +152,9 @@ class RecordOutput:
         if self.format == "csv":
             if self.probabilities and row["probs"] is not None:
                 row["probs"] = " ".join(str(p) for p in row["probs"])
+            if self.adaptation:
+                row["events"] = " ".join(row["events"])
+                row.update({k: int(row[k]) for k in ("excluded", "adapted", "gated")})
             data = self._csv_line(["" if row.get(c) is None else row[c] for c in self.columns])
         else:
             data = (json.dumps(row, default=_plain) + "\n").encode()

@@ -2,7 +2,9 @@
 
 The supervisor calls :meth:`StreamWorker.step` from its single processing thread; the worker takes what
 its reader queued, feeds the loop, writes records, updates metrics and commits a checkpoint at the
-configured cadence. Live sources flush a partial batch after ``flush_after`` seconds so predictions are
+configured cadence. Items a signal source flagged (``preprocess.quality``) reach the Adapter with their
+flag (``Adapter.process(x, flags=...)``, in the loop), so its ``signal_quality`` rail keeps them out of
+adaptation; their records say so. Live sources flush a partial batch after ``flush_after`` seconds so predictions are
 not held back; recorded sources only ever form full batches (and the last one at the end), so a resumed
 stream batches exactly like an uninterrupted one.
 """
@@ -101,6 +103,13 @@ class StreamWorker:
         self.sync: Any = None  # edgetta.sync._edge_sync.EdgeSync when this stream syncs with the cloud
         self.fed: deque[Any] = deque()  # items fed to the runner whose records are not written yet (sync only)
 
+    @property
+    def quality(self) -> bool:
+        """Whether the source flags signal quality (``preprocess.quality``): the records then carry the flag and
+        what the adaptation did with each item (``flagged``, ``excluded``, ``adapted``, ``gated``, ``events``)."""
+        value = (self.config.preprocess or {}).get("quality")
+        return value is not None and value is not False
+
     # -- start -------------------------------------------------------------------------------------------
     def prepare(self, resume: bool) -> None:
         """Restore from this stream's checkpoint (``resume``) or start over; open the outputs."""
@@ -119,6 +128,7 @@ class StreamWorker:
             offset=ck.output_offset if ck else 0,
             probabilities=out.probabilities,
             keep_tail=keep,
+            adaptation=self.quality,
         )
         if out.events is not None:
             self.events = EventOutput(self.name, out.events, offset=ck.events_offset if ck else 0, keep_tail=keep)

@@ -119,10 +119,10 @@ class EdfSource:
             self.preprocessor.mark(epoch)
             return Item(None, position=epoch, error=f"{self.path.name}: epoch {epoch} could not be read ({exc})")
         try:
-            x = self.preprocessor(data, rate=self.rate, labels=self.labels, position=epoch)
+            x, flag = self.preprocessor.prepare(data, rate=self.rate, labels=self.labels, position=epoch)
         except Unusable as exc:
             return Item(None, position=epoch, error=f"{self.path.name}: epoch {epoch}: {exc}")
-        return Item(x, position=epoch)
+        return Item(x, position=epoch, flag=flag)
 
     def __iter__(self) -> Iterator[Item]:
         began = time.monotonic()

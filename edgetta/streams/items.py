@@ -24,7 +24,9 @@ class Item:
     """One model input without a batch dimension, with what is known about it.
 
     ``position`` locates the item in its source (an index, or ``"file.npz:17"``) so that a source can
-    be resumed from it later; ``domain`` is a segment id (batches never mix two domains).
+    be resumed from it later; ``domain`` is a segment id (batches never mix two domains). ``flag`` is the
+    reason a signal-quality check distrusts the input (a flat line, clipping): the loop passes it to
+    ``Adapter.process(x, flags=...)``, whose ``signal_quality`` rail keeps the row out of adaptation.
     """
 
     x: np.ndarray | None
@@ -33,6 +35,7 @@ class Item:
     position: Position = 0
     domain: int | None = None
     error: str | None = None  # the source could not read this input; x is None
+    flag: str | None = None  # signal-quality reason: predicted, but kept out of adaptation (Adapter flags)
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ import numpy as np
 from edgetta.errors import DataError
 from edgetta.streams.items import Item, Source
 from edgetta.streams.progress import Progress
-from edgetta.streams.records import EventLike, Record, Summary
+from edgetta.streams.records import GATE_KINDS, EventLike, Record, Summary
 from edgetta.streams.sinks import Sink
 
 COUNTERS = ("updates", "forward_passes", "backward_passes")
@@ -151,11 +151,19 @@ class StreamRunner:
         for i, reason in unreadable.items():
             records[i].skip = reason
         for rows in groups.values():
-            result = self.adapter.process(np.stack([items[i].x for i in rows]))
+            x = np.stack([items[i].x for i in rows])
+            flags = [items[i].flag for i in rows]
+            result = self.adapter.process(x, flags=flags) if any(flags) else self.adapter.process(x)
             for event in result.events:
                 self.emit_event(event)
+            names = [f"{e.to_json().get('rail', '')}:{e.kind}" for e in result.events]
+            gated = any(e.kind in GATE_KINDS and e.to_json().get("rail") != "runtime" for e in result.events)
+            excluded = getattr(result, "excluded", None)
             for j, i in enumerate(rows):
                 rec = records[i]
+                rec.flag, rec.events, rec.gated = items[i].flag, names, gated
+                rec.excluded = bool(excluded is not None and excluded[j])
+                rec.adapted = bool(getattr(result, "updated", False)) and not rec.excluded
                 if result.skipped[j] is not None:
                     rec.skip = result.skipped[j]
                     continue

@@ -129,10 +129,10 @@ class LslSource:
     def _item(self, first: int, epoch: np.ndarray, stamp: float) -> Item:
         wall = stamp + (time.time() - self.pylsl.local_clock()) if np.isfinite(stamp) else time.time()
         try:
-            x = self.preprocessor(epoch, rate=self.rate or 0.0, labels=self.labels, position=first)
+            x, flag = self.preprocessor.prepare(epoch, rate=self.rate or 0.0, labels=self.labels, position=first)
         except Unusable as exc:
             return Item(None, timestamp=wall, position=first, error=f"{self.name}: samples {first}+: {exc}")
-        return Item(x, timestamp=wall, position=first)
+        return Item(x, timestamp=wall, position=first, flag=flag)
 
     def __iter__(self) -> Iterator[Item]:
         counter: int | None = None

@@ -20,6 +20,9 @@ RECORD_FIELDS: tuple[str, ...] = (
     "entropy",
     "skip",
 )
+# per-record adaptation outcome, written by outputs that ask for it (a stream with signal-quality flags)
+ADAPTATION_FIELDS: tuple[str, ...] = ("flagged", "excluded", "adapted", "gated", "events")
+GATE_KINDS = ("skip", "gate")  # event kinds of a rail that paused an update
 
 
 class EventLike(Protocol):
@@ -44,6 +47,11 @@ class Record:
     entropy: float | None = None
     skip: str | None = None
     logits: np.ndarray | None = field(default=None, repr=False)
+    flag: str | None = None  # the item's signal-quality reason (None: fine)
+    excluded: bool = False  # a screening rail kept it out of adaptation
+    adapted: bool = False  # the call it was in updated the model, and it was not excluded
+    gated: bool = False  # a rail's gate paused the update of the call it was in
+    events: list[str] = field(default_factory=list)  # the events of its call, as "rail:kind"
 
     @property
     def correct(self) -> bool | None:
@@ -63,6 +71,16 @@ class Record:
             "class": self.class_name,
             "entropy": None if self.entropy is None else round(self.entropy, 6),
             "skip": self.skip,
+        }
+
+    def adaptation_json(self) -> dict[str, Any]:
+        """The :data:`ADAPTATION_FIELDS` (what happened to the model on this record's call)."""
+        return {
+            "flagged": self.flag,
+            "excluded": self.excluded,
+            "adapted": self.adapted,
+            "gated": self.gated,
+            "events": list(self.events),
         }
 
 

@@ -18,6 +18,15 @@ averages after including it. Its state and the causal filter's are what :meth:`S
 returns (JSON), per position for the last ``history`` epochs, so a checkpoint taken at a committed item
 resumes bit for bit.
 
+Signal quality (``quality: true``, or a mapping of thresholds of :func:`edgetta.sleep.quality.epoch_quality`,
+e.g. ``{amplitude_uv: 800}``; off by default) checks each channel of the epoch after the resampling, before
+the band-pass and any normalisation, so on the source's physical units (microvolts for an EEG lead): flat
+line, clipping, mains, broadband noise, amplitude. A flagged epoch is still prepared and yielded, with the
+reason (:meth:`SignalPreprocessor.prepare`, ``Item.flag``; with several channels the first flagged channel
+names it), but it does not update the running z-score: it is normalised with the statistics so far (the
+first epoch of a stream, with none yet, with its own), exactly as ``edgetta sleep stage`` does. The causal
+filter's state still runs through it (the signal is continuous in time).
+
 An epoch that does not fit (a missing channel name, another channel count, a sampling rate the model does
 not take with ``resample: false``, an irregular-rate stream, a length that does not resample to T) raises
 :class:`Unusable`; the source records it as a skip, and the stream goes on.
@@ -58,6 +67,7 @@ SIGNAL_KEYS = (
     "std",
     "zscore",
     "zscore_momentum",
+    "quality",
 )
 FILTERS = ("auto", "zero_phase", "causal")
 ZSCORES = ("none", "epoch", "running")
@@ -108,6 +118,7 @@ class SignalPreprocessor:
         norm: Normalisation | None = None,
         zscore: str = "none",
         zscore_momentum: float = 0.1,
+        quality: Mapping[str, float] | None = None,
         history: int = 1024,
     ) -> None:
         if filter not in ("zero_phase", "causal"):
@@ -119,6 +130,7 @@ class SignalPreprocessor:
         self.rate, self.resample, self.epoch = rate, resample, epoch
         self.bandpass, self.filter, self.filter_order = bandpass, filter, int(filter_order)
         self.norm, self.zscore, self.momentum = norm or Normalisation(), zscore, float(zscore_momentum)
+        self.quality = None if quality is None else dict(quality)  # epoch_quality thresholds; None: no check
         self.history = int(history)
         self._sos: dict[float, np.ndarray] = {}
         self._zi: np.ndarray | None = None  # causal filter state [sections, C, 2]
@@ -148,16 +160,24 @@ class SignalPreprocessor:
 
         Raises :class:`Unusable` with the reason when it does not fit; the state (and its snapshot at
         ``position``) then stays as it was."""
+        return self.prepare(data, rate=rate, labels=labels, position=position)[0]
+
+    def prepare(
+        self, data: np.ndarray, *, rate: float, labels: Sequence[str] | None = None, position: Any = None
+    ) -> tuple[np.ndarray, str | None]:
+        """As :meth:`__call__`, with the signal-quality reason (None when the epoch passed or ``quality`` is off)."""
         with self._lock:
             try:
                 return self._prepare(np.asarray(data, dtype=np.float64), float(rate), labels)
             finally:
                 self._mark(position)
 
-    def _prepare(self, x: np.ndarray, rate: float, labels: Sequence[str] | None) -> np.ndarray:
+    def _prepare(self, x: np.ndarray, rate: float, labels: Sequence[str] | None) -> tuple[np.ndarray, str | None]:
         if x.ndim != 2:
             raise Unusable(f"epoch of shape {x.shape} is not [channels, samples]")
+        names = list(labels) if labels is not None else None
         if self.pick is not None:
+            names = list(self.pick)
             if labels is None:
                 raise Unusable(f"the stream has no channel labels, so channels {self.pick} cannot be picked")
             if len(labels) != x.shape[0]:
@@ -171,9 +191,26 @@ class SignalPreprocessor:
             raise Unusable(f"the stream has no regular sampling rate (nominal {rate:g} Hz); the model needs one")
         x = self._resample(x, rate)
         model_rate = self.rate or rate
+        flag = self._check(x, model_rate, names)
         x = self._filter(x, model_rate)
         x = self.norm.apply(x, channel_axis=0, dtype=np.float64)
-        return self._zscore(x).astype(np.float32)
+        return self._zscore(x, update=flag is None).astype(np.float32), flag
+
+    def _check(self, x: np.ndarray, rate: float, names: Sequence[str] | None) -> str | None:
+        """The first flagged channel's signal-quality reason (``edgetta.sleep.quality``), None when all pass."""
+        if self.quality is None:
+            return None
+        from edgetta.sleep.quality import epoch_quality
+
+        report = epoch_quality(x, rate, **self.quality)
+        for i, reason in enumerate(report.reasons):
+            if not report.ok[i]:
+                reason = reason or "bad signal"
+                if len(x) == 1:
+                    return reason
+                name = names[i] if names is not None and i < len(names) else f"channel {i}"
+                return f"{name}: {reason}"
+        return None
 
     def _resample(self, x: np.ndarray, rate: float) -> np.ndarray:
         if self.rate is not None and abs(rate - self.rate) > 1e-9 * self.rate:
@@ -222,17 +259,21 @@ class SignalPreprocessor:
         y, self._zi = signal.sosfilt(sos, x, axis=-1, zi=self._zi)
         return y
 
-    def _zscore(self, x: np.ndarray) -> np.ndarray:
+    def _zscore(self, x: np.ndarray, update: bool = True) -> np.ndarray:
+        """``update=False`` (a flagged epoch): normalise with the running statistics so far and leave them
+        unchanged (with none yet, with the epoch's own)."""
         if self.zscore == "none":
             return x
         mean, square = x.mean(axis=1), (x * x).mean(axis=1)
-        if self.zscore == "running":
+        if self.zscore == "running" and update:
             if self._moments is None:
                 self._moments = (mean, square)
             else:
                 m = self.momentum
                 self._moments = ((1 - m) * self._moments[0] + m * mean, (1 - m) * self._moments[1] + m * square)
             self._count += 1
+            mean, square = self._moments
+        elif self.zscore == "running" and self._moments is not None:
             mean, square = self._moments
         var = np.maximum(square - mean * mean, 0.0)
         return (x - mean[:, None]) / np.sqrt(var + EPS)[:, None]
@@ -327,6 +368,7 @@ class SignalPreprocessor:
             **self.norm.to_json(),
             "zscore": self.zscore,
             "zscore_momentum": self.momentum,
+            "quality": self.quality,
             "output_shape": [self.channels, self.samples],
         }
 
@@ -390,6 +432,23 @@ def _bandpass(reader: SpecReader, rate: float | None) -> tuple[float | None, flo
     return (low, high)
 
 
+def _quality(reader: SpecReader) -> dict[str, float] | None:
+    """``quality``: false/absent (off), true (the default thresholds) or a mapping of threshold overrides."""
+    value = reader.raw("quality")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise reader.error("quality", f"must be true, false or a mapping of thresholds, got {value!r}")
+    from edgetta.sleep.quality import DEFAULTS
+
+    unknown = sorted(set(map(str, value)) - set(DEFAULTS))
+    if unknown:
+        raise reader.error("quality", f"unknown threshold(s) {unknown}; the thresholds are {sorted(DEFAULTS)}")
+    return {str(k): reader.check_number(f"quality.{k}", v, minimum=0.0) for k, v in value.items()}
+
+
 def signal_preprocessor(
     config: Mapping[str, Any] | None,
     artifact: Any,
@@ -433,6 +492,7 @@ def signal_preprocessor(
     default_z = recorded.get("zscore") if recorded.get("zscore") in ZSCORES else "none"
     zscore = reader.choice("zscore", ZSCORES, default_z)
     momentum = reader.number("zscore_momentum", 0.1, above=0.0, maximum=1.0)
+    quality = _quality(reader)
     reader.finish()
     return SignalPreprocessor(
         channels=n_channels,
@@ -447,4 +507,5 @@ def signal_preprocessor(
         norm=norm,
         zscore=zscore or "none",
         zscore_momentum=momentum,
+        quality=quality,
     )
