@@ -186,3 +186,36 @@ def test_quality_settings_are_checked() -> None:
         signal_preprocessor({"quality": "yes"}, artifact, live=False)
     with pytest.raises(ConfigError, match="quality.flat_uv"):
         signal_preprocessor({"quality": {"flat_uv": -1}}, artifact, live=False)
+
+
+def test_in_a_batch_only_the_flagged_row_is_kept_out(offline) -> None:
+    """Four epochs per call: the flagged row of a call that updated is excluded and not adapted; its
+    batch-mates adapted; each record has its own flag."""
+    from edgetta.sleep.normalize import zscore_record
+    from edgetta.sleep.pipeline import make_adapters
+    from edgetta.streams.items import Item
+    from edgetta.streams.loop import StreamRunner
+
+    night, staged = offline
+    x = zscore_record(night.eeg, skip=np.array([f is not None for f in staged.flagged]))[:, None, :]
+    runner = StreamRunner(make_adapters()[1], batch_size=4)
+    out = runner.feed(Item(x[i], position=i, flag=staged.flagged[i]) for i in range(len(x)))
+    assert {r.position: r.flag for r in out if r.flag} == BAD
+    assert [r.excluded for r in out] == [r.position in BAD for r in out]
+    mixed = [out[k : k + 4] for k in range(0, len(out), 4) if any(r.flag for r in out[k : k + 4])]
+    updated = [b for b in mixed if any(r.adapted for r in b)]
+    assert updated  # a call with a flagged row still adapted on the others
+    for batch in updated:
+        assert all(r.adapted is (r.flag is None) for r in batch)
+        assert all("signal_quality:exclude" in r.events for r in batch)
+
+
+def test_the_lsl_sleep_config_flags_quality(tmp_path) -> None:
+    from edgetta.contract.artifact import load_artifact
+    from edgetta.daemon import load_daemon_config
+
+    path = tmp_path / "daemon-sleep-lsl.yaml"
+    path.write_text((REPO / "configs/daemon-sleep-lsl.yaml").read_text())
+    stream = load_daemon_config(path).streams[0]
+    prep = signal_preprocessor(stream.preprocess, load_artifact(stream.artifact), live=True, channels=["Fpz-Cz"])
+    assert prep.quality == {} and prep.zscore == "running"
