@@ -20,7 +20,8 @@ import torch.nn as nn
 from edgetta.contract import Artifact
 from edgetta.errors import ArtifactError, ConfigError
 
-_WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
+# ops whose inputs carry weights; Transpose: a classifier weight stored [in, out] and transposed in the graph
+_WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Transpose"})
 PARITY_TOLERANCE = 1e-3  # max |logit difference|, relative to the largest logit magnitude
 
 
