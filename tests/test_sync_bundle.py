@@ -128,7 +128,8 @@ def test_verify_reads_artifact_directory_and_pem_paths(tmp_path, params, bundle,
 
 
 def test_base_id_is_the_sha256sum_listing(artifact):
-    files = sorted(["infer.onnx", "adapt.onnx", "params.safetensors"])
+    files = sorted(["infer.onnx", "adapt.onnx", "params.safetensors", "weights.bin"])
+    assert (ASSET / "weights.bin").is_file()  # the frozen weights are part of the base id
     listing = "".join(f"{sha256_file(ASSET / f)}  {f}\n" for f in files)
     assert base_sha256(artifact) == hashlib.sha256(listing.encode()).hexdigest()
 

@@ -120,10 +120,14 @@ def canonical_json(value: Any) -> bytes:
 
 def base_sha256(artifact: Artifact) -> str:
     """The id of the base artifact a bundle applies to: sha256 of the ``sha256sum``-style listing of the
-    artifact's files as recorded in its manifest, one ``"<hex>  <file>\\n"`` line per file, sorted by file
-    name. ``load_artifact`` has checked the files against these hashes. Reproduce it in a shell with
-    ``sha256sum adapt.onnx infer.onnx params.safetensors | sha256sum`` inside the artifact directory."""
+    artifact's files as recorded in its manifest (graphs, parameters and, when present, the shared weights
+    file), one ``"<hex>  <file>\\n"`` line per file, sorted by file name. ``load_artifact`` has checked the files
+    against these hashes. Reproduce it in a shell inside the artifact directory with
+    ``sha256sum adapt.onnx infer.onnx params.safetensors weights.bin | sha256sum`` (without ``weights.bin`` for
+    an artifact that embeds its weights in the graphs)."""
     entries = [*artifact.manifest.graphs.values(), artifact.manifest.params]
+    if artifact.manifest.weights is not None:  # the frozen weights: a bundle is only valid on the same ones
+        entries.append(artifact.manifest.weights)
     listing = "".join(f"{e.sha256}  {e.file}\n" for e in sorted(entries, key=lambda e: e.file))
     return hashlib.sha256(listing.encode()).hexdigest()
 
