@@ -152,7 +152,10 @@ class Foa(ForwardOnlyMethod):
         # No rail can act on a search that never changes the model, so the base step passes update=False
         # to ``forward``; the search itself still runs on every call that may update.
         self._search, self._batch_index = update, batch_index
-        return super().step(x, batch_index, update)
+        try:
+            return super().step(x, batch_index, update)
+        finally:
+            self._search = False
 
     # -- the search ------------------------------------------------------------------------------
     def candidate_params(self, z: np.ndarray) -> dict[str, np.ndarray]:
