@@ -125,6 +125,10 @@ def build(name: str, seed: int = 0):
         import timm
 
         model = timm.create_model(constructor, pretrained=False, **kwargs)
+    with torch.no_grad():  # zero-initialised heads (torchvision's ViT) give zero logits and gradients: nothing to check
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                module.weight.normal_(0.0, 0.02)
     model.train()
     with torch.no_grad():
         for _ in range(3):
