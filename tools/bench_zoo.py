@@ -70,6 +70,11 @@ BLOCKERS: dict[str, str] = {
     "plain-op LayerNorm twin "
     "(edgetta/export/norms.py `rewrite_norms` matches it by isinstance), which drops the permutes and normalises "
     "the last (spatial) axis: 'size of tensor a (16) must match the size of tensor b (96)'",
+    "tv_swin_t": "the shifted-window mask is built by in-place scalar writes (`attn_mask[h0:h1, w0:w1] = count` in "
+    "torchvision's `shifted_window_attention`); each Python scalar becomes a real 0-d constant (`aten.lift_fresh`, "
+    "decomposed to `aten.alias`) that the exporter's symbolic trace rejects because its FakeTensorMode "
+    "(edgetta/export/trace.py `_fake_inputs`) does not allow non-fake inputs: 'Please convert all Tensors to "
+    "FakeTensors first ... Found in aten.alias.default(tensor(0.))'",
     "timm_convnext_atto": "timm's `LayerNorm2d` (an nn.LayerNorm subclass normalising channels-first): as "
     "tv_convnext_tiny",
 }
