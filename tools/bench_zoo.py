@@ -264,6 +264,8 @@ def _fmt_parity(results: list[dict[str, Any]] | None, alpha: float) -> str:
     for r in results or []:
         if float(r["bn_alpha"]) == alpha:
             logits = max(r["logits_infer"], r["logits_adapt"])
+            if logits == 0 and r["grad_max"] == 0:  # e.g. a zero-initialised head: nothing was compared
+                return "0 / 0 (trivial: zero logits)"
             return f"{logits:.0e} / {r['grad_max']:.0e}"
     return "-"
 
@@ -277,7 +279,8 @@ def table(records: dict[str, Any]) -> str:
     rows = [head]
     for name, r in records.items():
         if r.get("status") != "ok":
-            why = BLOCKERS.get(name) or " ".join(str(r.get("error", "")).split())[-200:]
+            known = BLOCKERS.get(name) if r.get("status") == "failed" else None
+            why = known or " ".join(str(r.get("error", "")).split())[-200:]
             rows.append(f"| {name} | | | | | **{r.get('status')}**: {why} | | | |")
             continue
         lint = "ok" if r["trt_lint"]["ok"] else "errors"
