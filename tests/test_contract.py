@@ -142,6 +142,24 @@ def test_there_is_one_norm_layer_record():
 # -- Manifest ---------------------------------------------------------------------------------------
 
 
+def test_v1_artifacts_lack_the_soft_target_inputs_and_say_how_to_get_them(bundled):
+    manifest = load_artifact(bundled).manifest
+    assert not manifest.has_input(contract.SOFT_TARGET) and not manifest.has_input(contract.SOFT_WEIGHT)
+    with pytest.raises(ArtifactError, match=r"cotta needs .*soft_target.*version 1.*re-export it with edgetta >="):
+        manifest.require_soft_target("cotta")
+
+
+def test_v2_manifests_name_the_soft_target_inputs(bundled):
+    raw = json.loads((bundled / "manifest.json").read_text())
+    raw["version"] = 2
+    raw["inputs"] |= {"soft_target": "teacher_probs", "soft_weight": "teacher_weight"}
+    manifest = Manifest.from_json(raw)
+    assert manifest.input_name(contract.SOFT_TARGET) == "teacher_probs"
+    assert manifest.input_name(contract.SOFT_WEIGHT) == "teacher_weight"
+    manifest.require_soft_target("cotta")
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
 def test_v1_artifacts_load_unchanged(bundled):
     artifact = load_artifact(bundled)
     raw = json.loads((bundled / "manifest.json").read_text())
@@ -200,7 +218,8 @@ def test_an_artifact_without_features_output(bundled, tmp_path):
         (lambda m: m["inputs"].pop(BN_ALPHA), "bn_alpha"),
         (lambda m: m["outputs"].update({LOGITS: None}), "outputs.logits"),
         (lambda m: m["graphs"].pop("adapt"), "graphs.adapt"),
-        (lambda m: m.update(version=2), "contract version 2"),
+        (lambda m: m.update(version=3), "contract version 3"),
+        (lambda m: m.update(version=2), "KeyError: 'soft_target'"),
         (lambda m: m.update(format="other"), "format 'other'"),
     ],
 )

@@ -12,7 +12,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgetta.contract import BN_ALPHA, CE_WEIGHT, ENTROPY_WEIGHT, LOGITS, LOSS, load_artifact
+from edgetta.contract import (
+    BN_ALPHA,
+    CE_WEIGHT,
+    ENTROPY_WEIGHT,
+    LOGITS,
+    LOSS,
+    SOFT_TARGET,
+    SOFT_WEIGHT,
+    load_artifact,
+)
 from edgetta.engines import Engine, EngineOptions, OrtEngine
 from edgetta.engines.ort import graph_cache
 
@@ -41,6 +50,10 @@ def run_exported(session, artifact, x, params, alpha, weights=None) -> dict[str,
     feed[BN_ALPHA] = np.asarray(alpha, np.float32)
     if weights is not None:
         feed[ENTROPY_WEIGHT], feed[CE_WEIGHT] = weights
+        inputs = {i.name for i in session.get_inputs()}
+        if SOFT_TARGET in inputs:  # contract v2: a zero soft cross-entropy term
+            feed[SOFT_TARGET] = np.zeros((len(x), artifact.num_classes), np.float32)
+            feed[SOFT_WEIGHT] = np.zeros(len(x), np.float32)
     return dict(zip(names, session.run(names, feed)))
 
 

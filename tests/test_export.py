@@ -25,6 +25,55 @@ def _feed(manifest, params, x, alpha):
     return {manifest["input"]["name"]: x, manifest["inputs"]["bn_alpha"]: np.asarray(alpha, np.float32), **params}
 
 
+def _no_soft_target(manifest, batch):
+    """Zero soft cross-entropy inputs (contract v2): the soft term then adds nothing."""
+    classes = manifest["num_classes"]
+    return {"soft_target": np.zeros((batch, classes), np.float32), "soft_weight": np.zeros(batch, np.float32)}
+
+
+def test_soft_target_term_is_exactly_absent_at_zero_weight_and_matches_the_pseudo_label_ce(artifacts):
+    """soft_weight = 0 leaves every output bit-identical whatever the soft target (the gradients are those of
+    the v1 loss); a one-hot soft target at the argmax with weight w gives the gradients of ce_weight = w."""
+    from safetensors.numpy import load_file
+
+    path, manifest = artifacts.get("resnet_bn")
+    params = load_file(str(path / "params.safetensors"))
+    adapt = _session(path / "adapt.onnx")
+    names = [o.name for o in adapt.get_outputs()]
+    rng = np.random.default_rng(7)
+    batch, classes = 8, manifest["num_classes"]
+    x = rng.normal(size=(batch, *manifest["input"]["shape"][1:])).astype(np.float32)
+    base = _feed(manifest, params, x, 1.0) | {
+        "entropy_weight": np.full(batch, 1.0 / batch, np.float32),
+        "ce_weight": np.full(batch, 0.3 / batch, np.float32),
+    }
+    zero = dict(zip(names, adapt.run(None, base | _no_soft_target(manifest, batch))))
+    target = rng.dirichlet(np.ones(classes), size=batch).astype(np.float32)
+    ignored = dict(
+        zip(names, adapt.run(None, base | {"soft_target": target, "soft_weight": np.zeros(batch, np.float32)}))
+    )
+    for name in names:
+        np.testing.assert_array_equal(ignored[name], zero[name], err_msg=name)
+
+    w = np.full(batch, 0.5 / batch, np.float32)
+    nothing = np.zeros(batch, np.float32)
+    pseudo = dict(
+        zip(
+            names,
+            adapt.run(None, base | {"entropy_weight": nothing, "ce_weight": w} | _no_soft_target(manifest, batch)),
+        )
+    )
+    onehot = np.eye(classes, dtype=np.float32)[zero["logits"].argmax(1)]
+    soft = base | {"entropy_weight": nothing, "ce_weight": nothing, "soft_target": onehot, "soft_weight": w}
+    soft_out = dict(zip(names, adapt.run(None, soft)))
+    grads = [g for g in names if g.endswith(".grad")]
+    total = np.sqrt(sum(float(np.sum(pseudo[g] ** 2)) for g in grads))
+    assert total > 0
+    for g in grads:
+        np.testing.assert_allclose(soft_out[g], pseudo[g], atol=1e-4 * total, rtol=1e-3, err_msg=g)
+    np.testing.assert_allclose(soft_out["loss"], pseudo["loss"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_exports_with_parity_and_lint(artifacts, family):
     path, manifest = artifacts.get(family)
@@ -60,6 +109,7 @@ def test_family_runs_at_batch_1_and_64_like_torch(artifacts, family):
         feed = _feed(manifest, params, x, 1.0)
         feed["entropy_weight"] = np.full(batch, 1.0 / batch, np.float32)
         feed["ce_weight"] = np.zeros(batch, np.float32)
+        feed |= _no_soft_target(manifest, batch)
         names = [o.name for o in adapt.get_outputs()]
         out = dict(zip(names, adapt.run(None, feed)))
         assert out["entropy"].shape == (batch,)
@@ -77,10 +127,10 @@ def test_family_runs_at_batch_1_and_64_like_torch(artifacts, family):
 def test_manifest_contract_keys(artifacts):
     path, _ = artifacts.get("resnet_bn")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "edgetta.artifact" and manifest["version"] == 1
+    assert manifest["format"] == "edgetta.artifact" and manifest["version"] == 2
     assert manifest["input"]["shape"][0] is None and manifest["input"]["dtype"] == "float32"
     assert set(manifest["graphs"]) == {"infer", "adapt"}
-    assert set(manifest["inputs"]) == {"bn_alpha", "entropy_weight", "ce_weight"}
+    assert set(manifest["inputs"]) == {"bn_alpha", "entropy_weight", "ce_weight", "soft_target", "soft_weight"}
     assert set(manifest["outputs"]) == {"logits", "features", "entropy", "loss"}
     keys = {
         "module",
@@ -123,6 +173,7 @@ def test_dropout_and_maxpool_family_gradients_match_torch(artifacts):
     feed = _feed(manifest, params, x, 1.0)
     feed["entropy_weight"] = np.full(16, 1 / 16, np.float32)
     feed["ce_weight"] = np.zeros(16, np.float32)
+    feed |= _no_soft_target(manifest, 16)
     adapt = _session(path / "adapt.onnx")
     out = dict(zip([o.name for o in adapt.get_outputs()], adapt.run(None, feed)))
     logits = model(torch.from_numpy(x))

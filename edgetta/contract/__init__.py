@@ -1,5 +1,6 @@
-"""The artifact contract (version 1), defined once: names and roles, the norm-layer record, the typed
-manifest and the loaded artifact. numpy, json, hashlib and safetensors only; every other layer imports it.
+"""The artifact contract (version 2; version 1 is still read), defined once: names and roles, the norm-layer
+record, the typed manifest and the loaded artifact.
+numpy, json, hashlib and safetensors only; every other layer imports it.
 
 An artifact is a directory holding ``manifest.json``, ``infer.onnx``, ``adapt.onnx``,
 ``params.safetensors`` and ``weights.bin`` (README "The artifact").
@@ -28,6 +29,11 @@ from edgetta.contract.names import (
     NORM_KINDS,
     OUTPUT_ROLES,
     PARAMS_FILE,
+    READ_VERSIONS,
+    SOFT_INPUT_ROLES,
+    SOFT_TARGET,
+    SOFT_TARGET_SINCE,
+    SOFT_WEIGHT,
     SOURCE_FEATURE_MEAN,
     WEIGHTS_FILE,
     batch_stat_names,
@@ -62,6 +68,11 @@ __all__ = [
     "NormLayer",
     "OUTPUT_ROLES",
     "PARAMS_FILE",
+    "READ_VERSIONS",
+    "SOFT_INPUT_ROLES",
+    "SOFT_TARGET",
+    "SOFT_TARGET_SINCE",
+    "SOFT_WEIGHT",
     "SOURCE_FEATURE_MEAN",
     "WEIGHTS_FILE",
     "batch_stat_names",

@@ -17,6 +17,9 @@ from edgetta.contract.names import (
     MANIFEST_FILE,
     OPTIONAL_OUTPUT_ROLES,
     OUTPUT_ROLES,
+    READ_VERSIONS,
+    SOFT_INPUT_ROLES,
+    SOFT_TARGET_SINCE,
 )
 from edgetta.contract.norm_layer import NormLayer
 from edgetta.errors import ArtifactError
@@ -88,6 +91,19 @@ class Manifest:
         """The graph name of the input with this role (``bn_alpha``, ``entropy_weight``, ``ce_weight``)."""
         return self.inputs[role]
 
+    def has_input(self, role: str) -> bool:
+        """Whether the graphs have the input with this role (the soft-target inputs need contract v2)."""
+        return role in self.inputs
+
+    def require_soft_target(self, method: str) -> None:
+        """Raise a clear error when a method needs the contract-v2 soft-target inputs this artifact lacks."""
+        if not all(self.has_input(role) for role in SOFT_INPUT_ROLES):
+            raise ArtifactError(
+                f"{method} needs the adapt-graph inputs {', '.join(SOFT_INPUT_ROLES)} (artifact contract version 2); "
+                f"this artifact is version {self.version} and lacks them: re-export it with edgetta >= "
+                f"{SOFT_TARGET_SINCE} (an exporter writing contract version 2)"
+            )
+
     def output_name(self, role: str) -> str | None:
         """The graph name of the output with this role, None when the graphs do not have it."""
         return self.outputs.get(role)
@@ -122,9 +138,10 @@ class Manifest:
         if data.get("format") != FORMAT_NAME:
             raise ArtifactError(f"{origin} has format {data.get('format')!r}, expected {FORMAT_NAME!r}")
         version = data.get("version")
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise ArtifactError(
-                f"{origin} is artifact contract version {version}; this edgetta reads version {FORMAT_VERSION}. "
+                f"{origin} is artifact contract version {version}; this edgetta reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}. "
                 "Re-export the model with this edgetta version or upgrade edgetta."
             )
         try:
@@ -142,6 +159,8 @@ def _parse(data: Mapping[str, Any]) -> Manifest:
     if missing:
         raise KeyError(f"graphs.{missing[0]}")
     inputs = {role: str(data["inputs"][role]) for role in INPUT_ROLES}
+    if int(data["version"]) >= 2:  # contract v2 adds the soft-target inputs; version 1 lacks them
+        inputs |= {role: str(data["inputs"][role]) for role in SOFT_INPUT_ROLES}
     outputs = {role: data["outputs"].get(role) for role in OUTPUT_ROLES}
     absent = [role for role in OUTPUT_ROLES if outputs[role] is None and role not in OPTIONAL_OUTPUT_ROLES]
     if absent:

@@ -13,7 +13,8 @@ one engine serves every method and every adapted state without a rebuild.
 - ``adapt(x, params, bn_alpha, entropy_weight, ce_weight, outputs=None)`` runs ``adapt.onnx``: the same
   plus the per-sample weights (float32, shape [batch]) of the entropy and pseudo-label cross-entropy terms;
   it also returns per-sample ``entropy``, the weighted ``loss`` and one gradient per trainable parameter
-  (names: ``artifact.grad_names``).
+  (names: ``artifact.grad_names``). Optional ``soft_target`` [batch, C] and ``soft_weight`` [batch] weight a
+  soft cross-entropy term (contract v2 artifacts; zeros when omitted).
 - ``output_names(which)`` lists what graph ``which`` ("infer" or "adapt") can return; asking for another
   name raises ValueError. Asking for fewer outputs may be faster (an engine may prune the graph).
 - ``providers`` names the execution backends in use, ``artifact`` the loaded artifact.
@@ -65,6 +66,9 @@ class Engine(Protocol):
         entropy_weight: np.ndarray,
         ce_weight: np.ndarray,
         outputs: Sequence[str] | None = None,
+        soft_target: np.ndarray | None = None,
+        soft_weight: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """One call of the adapt graph; ``outputs``: only these (all when None)."""
+        """One call of the adapt graph; ``outputs``: only these (all when None). ``soft_target`` [N, C] and
+        ``soft_weight`` [N]: the contract-v2 soft cross-entropy term (zeros when None)."""
         ...

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetta.contract import BN_ALPHA, CE_WEIGHT, ENTROPY_WEIGHT
+from edgetta.contract import BN_ALPHA, CE_WEIGHT, ENTROPY_WEIGHT, SOFT_TARGET, SOFT_WEIGHT
 from edgetta.errors import ExportError
 
 
@@ -39,6 +39,7 @@ def fisher_diagonal(
             BN_ALPHA: np.asarray(bn_alpha, dtype=np.float32),
             ENTROPY_WEIGHT: np.zeros(b, np.float32),
             CE_WEIGHT: np.full(b, 1.0 / b, np.float32),
+            **_soft_zeros(adapt_session, b),
             **params,
         }
         result = dict(zip(outputs, adapt_session.run(None, feed)))
@@ -46,6 +47,15 @@ def fisher_diagonal(
             totals[name] += np.square(result[grad_name].astype(np.float64))
         batches += 1
     return {name: (total / batches).astype(np.float32) for name, total in totals.items()}
+
+
+def _soft_zeros(adapt_session, batch: int) -> dict[str, np.ndarray]:
+    """Zero soft-target inputs (contract v2) for a graph that has them: the soft term then adds nothing."""
+    shapes = {i.name: i.shape for i in adapt_session.get_inputs()}
+    if SOFT_TARGET not in shapes:
+        return {}
+    classes = int(shapes[SOFT_TARGET][1])
+    return {SOFT_TARGET: np.zeros((batch, classes), np.float32), SOFT_WEIGHT: np.zeros(batch, np.float32)}
 
 
 def load_calibration(path: str | Path) -> np.ndarray:

@@ -25,7 +25,19 @@ from torch.func import functional_call, grad_and_value
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
-from edgetta.contract import BN_ALPHA, CE_WEIGHT, DATA_INPUT, ENTROPY, ENTROPY_WEIGHT, FEATURES, LOGITS, LOSS, grad_name
+from edgetta.contract import (
+    BN_ALPHA,
+    CE_WEIGHT,
+    DATA_INPUT,
+    ENTROPY,
+    ENTROPY_WEIGHT,
+    FEATURES,
+    LOGITS,
+    LOSS,
+    SOFT_TARGET,
+    SOFT_WEIGHT,
+    grad_name,
+)
 from edgetta.errors import ExportError
 from edgetta.export.decompositions import decomposition_table
 from edgetta.export.prepare import PreparedModel
@@ -45,13 +57,35 @@ def entropy_and_pseudo_ce(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return entropy, pseudo_ce
 
 
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample -sum_c q_c log softmax(z)_c against target probabilities q (CoTTA, Wang et al. 2022, Eq. 2)."""
+    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def adapt_loss(
+    logits: torch.Tensor,
+    entropy_weight: torch.Tensor,
+    ce_weight: torch.Tensor,
+    soft_target: torch.Tensor,
+    soft_weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adapt graph's loss sum_i ew_i H_i + cw_i CE(z_i, argmax z_i) + sw_i CE(z_i, q_i), and the entropies."""
+    entropy, pseudo_ce = entropy_and_pseudo_ce(logits)
+    soft_ce = soft_cross_entropy(logits, soft_target)
+    loss = (entropy_weight * entropy).sum() + (ce_weight * pseudo_ce).sum() + (soft_weight * soft_ce).sum()
+    return loss, entropy
+
+
+ADAPT_LOSS_INPUTS = [ENTROPY_WEIGHT, CE_WEIGHT, SOFT_TARGET, SOFT_WEIGHT]
+
+
 class GraphSignature:
     """Names and order of a traced function's tensor inputs and outputs."""
 
     def __init__(self, prepared: PreparedModel, adapt: bool) -> None:
         self.prepared = prepared
         self.adapt = adapt
-        self.data_inputs = [DATA_INPUT, BN_ALPHA] + ([ENTROPY_WEIGHT, CE_WEIGHT] if adapt else [])
+        self.data_inputs = [DATA_INPUT, BN_ALPHA] + (ADAPT_LOSS_INPUTS if adapt else [])
         self.param_inputs = prepared.norm_param_names + prepared.stat_names
         self.constants = prepared.constant_names
         stats = [n for layer in prepared.bn_layers for n in (layer.batch_mean, layer.batch_var)]
@@ -85,13 +119,12 @@ def build_function(prepared: PreparedModel, adapt: bool) -> Callable[..., tuple[
         if not adapt:
             logits, extras, stats = forward(data[0], data[1], tensors)
             return (logits, *extras, *stats)
-        x, alpha, entropy_weight, ce_weight = data
+        x, alpha, entropy_weight, ce_weight, soft_target, soft_weight = data
         fixed = {k: v for k, v in tensors.items() if k not in trainable}
 
         def loss_fn(params):
             logits, extras, stats = forward(x, alpha, {**fixed, **params})
-            entropy, pseudo_ce = entropy_and_pseudo_ce(logits)
-            loss = (entropy_weight * entropy).sum() + (ce_weight * pseudo_ce).sum()
+            loss, entropy = adapt_loss(logits, entropy_weight, ce_weight, soft_target, soft_weight)
             return loss, (logits, extras, stats, entropy)
 
         grads, (loss, (logits, extras, stats, entropy)) = grad_and_value(loss_fn, has_aux=True)(
@@ -121,7 +154,8 @@ def example_args(prepared: PreparedModel, sig: GraphSignature, x: torch.Tensor) 
     batch = x.shape[0]
     data = [x, torch.tensor(1.0)]
     if sig.adapt:
-        data += [torch.full((batch,), 1.0 / batch), torch.zeros(batch)]
+        soft_target = torch.full((batch, prepared.num_classes), 1.0 / prepared.num_classes)
+        data += [torch.full((batch,), 1.0 / batch), torch.zeros(batch), soft_target, torch.zeros(batch)]
     return data + [prepared.tensor(n) for n in sig.param_inputs]
 
 
@@ -195,7 +229,7 @@ def trace_to_onnx(
     args = example_args(prepared, sig, example)
     constants = {n: prepared.tensor(n) for n in sig.constants}
     function = build_function(prepared, adapt)
-    fake_args = _fake_inputs(args, list(constants.values()), batched=[0] + ([2, 3] if adapt else []))
+    fake_args = _fake_inputs(args, list(constants.values()), batched=[0] + ([2, 3, 4, 5] if adapt else []))
     which = "adapt" if adapt else "infer"
     with progress.stage("trace"):
         try:
@@ -208,7 +242,8 @@ def trace_to_onnx(
         _check_batch_stays_dynamic(fake_args[0])
     wrapper = _wrapper_with_signature(graph_module, constants, len(args))
     batch = torch.export.Dim("batch", min=1)
-    dynamic = [{0: batch}, None] + ([{0: batch}, {0: batch}] if adapt else []) + [None] * len(sig.param_inputs)
+    loss_dynamic = [{0: batch}] * len(ADAPT_LOSS_INPUTS) if adapt else []
+    dynamic = [{0: batch}, None] + loss_dynamic + [None] * len(sig.param_inputs)
     with progress.stage("convert"):
         program = _convert(wrapper, tuple(args), tuple(dynamic), sig, opset, which)
         program.save(str(path))

@@ -16,11 +16,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgetta.contract import BN_ALPHA, CE_WEIGHT, DATA_INPUT, ENTROPY, ENTROPY_WEIGHT, FEATURES, LOGITS, LOSS, grad_name
+from edgetta.contract import (
+    BN_ALPHA,
+    CE_WEIGHT,
+    DATA_INPUT,
+    ENTROPY,
+    ENTROPY_WEIGHT,
+    FEATURES,
+    LOGITS,
+    LOSS,
+    SOFT_TARGET,
+    SOFT_WEIGHT,
+    grad_name,
+)
 from edgetta.errors import ExportError
 from edgetta.export.norms import norm_kind
 from edgetta.export.prepare import PreparedModel
-from edgetta.export.trace import entropy_and_pseudo_ce
+from edgetta.export.trace import adapt_loss
 
 LOGIT_TOLERANCE = 1e-4
 GRAD_TOLERANCE = 5e-3
@@ -69,6 +81,8 @@ def reference_outputs(
     entropy_weight: np.ndarray,
     ce_weight: np.ndarray,
     dtype: torch.dtype = torch.float64,
+    soft_target: np.ndarray | None = None,
+    soft_weight: np.ndarray | None = None,
 ) -> dict:
     ref = _reference_model(original, bn_alpha, dtype)
     modules = dict(ref.named_modules())
@@ -87,10 +101,12 @@ def reference_outputs(
     trainable = [params[n] for n in prepared.trainable_names]
     with torch.enable_grad():
         logits = ref(torch.from_numpy(x).to(dtype))
-        entropy, pseudo_ce = entropy_and_pseudo_ce(logits)
-        loss = (torch.from_numpy(entropy_weight).to(dtype) * entropy).sum() + (
-            torch.from_numpy(ce_weight).to(dtype) * pseudo_ce
-        ).sum()
+        if soft_target is None or soft_weight is None:
+            soft_target, soft_weight = np.zeros(tuple(logits.shape), np.float32), np.zeros(len(x), np.float32)
+        loss, entropy = adapt_loss(
+            logits,
+            *(torch.from_numpy(a).to(dtype) for a in (entropy_weight, ce_weight, soft_target, soft_weight)),
+        )
         grads = torch.autograd.grad(loss, trainable, allow_unused=True)
     for h in hooks:
         h.remove()
@@ -122,13 +138,18 @@ def check_parity(
     batch = x.shape[0]
     ew = np.full((batch,), 1.0 / batch, dtype=np.float32)
     cw = np.full((batch,), 0.5 / batch, dtype=np.float32)
+    # A soft target (a shifted softmax) with a nonzero weight, so the check covers the contract-v2 soft term.
+    rng = np.random.default_rng(0)
+    st = rng.dirichlet(np.ones(prepared.num_classes), size=batch).astype(np.float32)
+    sw = np.full((batch,), 0.25 / batch, dtype=np.float32)
     params = {n: prepared.tensor(n).numpy() for n in prepared.norm_param_names + prepared.stat_names}
     feed = {DATA_INPUT: x, BN_ALPHA: np.asarray(bn_alpha, dtype=np.float32), **params}
     infer_names = [o.name for o in infer_session.get_outputs()]
     infer = dict(zip(infer_names, infer_session.run(None, feed)))
     adapt_names = [o.name for o in adapt_session.get_outputs()]
-    adapt = dict(zip(adapt_names, adapt_session.run(None, {**feed, ENTROPY_WEIGHT: ew, CE_WEIGHT: cw})))
-    ref = reference_outputs(original, prepared, x, bn_alpha, ew, cw)
+    loss_feed = {ENTROPY_WEIGHT: ew, CE_WEIGHT: cw, SOFT_TARGET: st, SOFT_WEIGHT: sw}
+    adapt = dict(zip(adapt_names, adapt_session.run(None, {**feed, **loss_feed})))
+    ref = reference_outputs(original, prepared, x, bn_alpha, ew, cw, soft_target=st, soft_weight=sw)
     total_ref = torch.cat([g.flatten() for g in ref["grads"].values()])
     total_ort = np.concatenate([adapt[grad_name(n)].ravel() for n in prepared.trainable_names])
     # Per-parameter figures are floored at a small share of the whole gradient so that a parameter
@@ -136,7 +157,9 @@ def check_parity(
     floor = 1e-3 * float(total_ref.norm())
     per_param = {n: _rel(adapt[grad_name(n)], g, floor) for n, g in ref["grads"].items()}
     worst = max(per_param, key=per_param.get)
-    torch32 = reference_outputs(original, prepared, x, bn_alpha, ew, cw, dtype=torch.float32)["grads"][worst]
+    torch32 = reference_outputs(
+        original, prepared, x, bn_alpha, ew, cw, dtype=torch.float32, soft_target=st, soft_weight=sw
+    )["grads"][worst]
     # Floor: a BN right after another train-mode BN sees an exactly zero-mean input.
     stats = [_rel(infer[name], value, 1e-4 * value.numel() ** 0.5) for name, value in ref["stats"].items()]
     return ParityReport(

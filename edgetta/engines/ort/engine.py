@@ -232,8 +232,11 @@ class OrtEngine:
         entropy_weight: np.ndarray,
         ce_weight: np.ndarray,
         outputs: Sequence[str] | None = None,
+        soft_target: np.ndarray | None = None,
+        soft_weight: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """One call of the adapt graph. ``outputs``: only these (all by default; fewer is faster)."""
         names = list(outputs) if outputs else self.adapt_outputs
         variant = self.variant("adapt", bn_alpha, names)
-        return variant.run(names, params, self.data_inputs.feed(x, bn_alpha, entropy_weight, ce_weight))
+        feed = self.data_inputs.feed(x, bn_alpha, entropy_weight, ce_weight, soft_target, soft_weight)
+        return variant.run(names, params, feed)

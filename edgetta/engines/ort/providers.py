@@ -45,7 +45,8 @@ def provider_options(provider: str, options: EngineOptions, artifact: Artifact, 
     for label, batch in (("min", 1), ("opt", options.max_batch), ("max", options.max_batch)):
         parts = [f"{inputs.data}:{batch}x{item}"]
         if which == "adapt":
-            parts += [f"{name}:{batch}" for name in inputs.loss_inputs]
+            shapes_at = inputs.loss_input_shapes(batch)
+            parts += [f"{name}:{'x'.join(map(str, shape))}" for name, shape in shapes_at.items()]
         shapes[label] = ",".join(parts)
     return {
         "trt_engine_cache_enable": "True",

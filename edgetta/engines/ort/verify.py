@@ -57,7 +57,11 @@ def _compare(
     bn_alpha: float | None,
 ) -> str | None:
     for alpha in [bn_alpha] if bn_alpha is not None else [1.0, 0.5]:
-        feed = {**params, **inputs.feed(x, alpha, weights, weights * 0.5)}
+        soft = {}
+        if inputs.has_soft_target:  # contract v2: the soft cross-entropy term is checked too
+            target = np.random.default_rng(1).dirichlet(np.ones(inputs.num_classes), size=len(x)).astype(np.float32)
+            soft = {"soft_target": target, "soft_weight": weights * 0.25}
+        feed = {**params, **inputs.feed(x, alpha, weights, weights * 0.5, **soft)}
         extra = [spreads[n] for n in names if n in spreads and spreads[n] not in names]
         expected, got = _run(reference, names + extra, feed), _run(candidate, names, feed)
         expected = {k: v.astype(np.float64) for k, v in expected.items()}  # no float32 overflow in the norms
