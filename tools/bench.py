@@ -281,6 +281,7 @@ def run_benchmark(
                     continue
                 adapter = Adapter(art, make_config(method, bs, seed))
                 res["wild"][setting][method] = {"error": error(predict_stream(adapter, xs, bs), ys), **counts(adapter)}
+            res.setdefault("seconds", {})[method] = round(time.time() - t0, 1)
             log(f"[{model}] {method}: {time.time() - t0:.0f} s (total {time.time() - t_start:.0f} s)")
         results["models"][model] = res
     results["meta"]["seconds"] = round(time.time() - t_start, 1)
