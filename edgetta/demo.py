@@ -25,11 +25,13 @@ FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 DEFAULT_RECIPES = ("frozen", "demo")
 DEMO_RECIPE = {
     # The EATA preset with Adam (the CIFAR-style setting that suits a small model), Fisher anchoring from
-    # the artifact's calibration, and the collapse guard; BN statistics are the test batch's (bn_alpha = 1).
+    # the artifact's calibration, the collapse guard, and the label-shift guard every batch-statistics preset
+    # carries; BN statistics are the test batch's (bn_alpha = 1) unless the guard distrusts a batch.
     "preset": "eata",
     "method_args": {"optimizer": "adam", "lr": 0.001, "e0_fraction": 0.4, "eps": 0.4},
     "rails": [
         "nonfinite_guard",
+        "label_shift_guard",
         {"name": "fisher_anchor", "beta": 1.0},
         {"name": "collapse_guard", "threshold": 0.2, "max_class_fraction": 0.95},
     ],
