@@ -530,6 +530,19 @@ def test_collapse_guard_resets_reach_health_and_metrics_from_real_events(tmp_pat
     assert not healthy and "collapse guard reset" in " ".join(payload["reasons"])
 
 
+def test_sar_model_recoveries_reach_health_like_collapse_guard_resets(tmp_path):
+    """The sar preset recovers on its own (no collapse_guard rail); a threshold every stream is below resets
+    after every update, and /healthz must report that as collapse."""
+    write_stream(tmp_path / "stream.npz", 256)
+    adapt = {"method": "sar", "method_args": {"recovery_threshold": 50.0}, "batch_size": 64}
+    path = write_config(tmp_path, adapt=adapt, health={"collapse_resets": 2})
+    daemon = Daemon(load_daemon_config(path))
+    daemon.run()
+    healthy, payload = daemon.health()
+    assert daemon.workers[0].adapter.state.reset_count >= 2
+    assert not healthy and "collapse" in " ".join(payload["reasons"])
+
+
 # ------------------------------------------------------------------------------- outputs
 
 

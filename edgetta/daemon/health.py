@@ -1,8 +1,9 @@
 """Each stream's status and the daemon's health, as ``/healthz`` reports it.
 
 Unhealthy (HTTP 503) when a stream failed, when a running stream made no progress for
-``health.stall_seconds``, or when the collapse guard reset one stream ``collapse_resets`` times within
-``collapse_window_seconds``. Finished recorded streams are healthy.
+``health.stall_seconds``, or when a collapse recovery (the collapse guard, or SAR's own model recovery)
+reset one stream ``collapse_resets`` times within ``collapse_window_seconds``. Finished recorded streams are
+healthy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 
 from edgetta.daemon.config import HealthConfig
 
-COLLAPSE_RAIL = "collapse_guard"
+# event sources whose resets mean "the model was collapsing": the collapse_guard rail and the sar method's
+# model recovery (Niu et al. 2023, which the sar preset uses instead of the rail)
+COLLAPSE_RESETTERS = frozenset({"collapse_guard", "sar"})
 MAX_COLLAPSE_TIMES = 1024  # reset times kept per stream (pruned by age when /healthz is asked)
 
 

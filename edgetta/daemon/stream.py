@@ -20,7 +20,7 @@ from typing import Any
 
 from edgetta.daemon.checkpoint import AdapterState, CheckpointStore, Committer, StreamCheckpoint
 from edgetta.daemon.config import CheckpointConfig, StreamConfig
-from edgetta.daemon.health import COLLAPSE_RAIL, StreamStatus
+from edgetta.daemon.health import COLLAPSE_RESETTERS, StreamStatus
 from edgetta.daemon.logs import log_event
 from edgetta.daemon.metrics import NullMetrics
 from edgetta.daemon.outputs import EventOutput, RecordOutput
@@ -51,7 +51,7 @@ class _EventTap:
         w.metrics.rail_event(w.name, rail, kind)
         if kind == "reset":
             w.metrics.reset(w.name, rail)
-            if rail == COLLAPSE_RAIL:
+            if rail in COLLAPSE_RESETTERS:
                 w.status.collapse_reset()
         level = logging.DEBUG if kind in QUIET_EVENTS else logging.INFO
         log_event(w.log, level, f"{rail} {kind}: {data.get('reason', '')}", stream=w.name, event=data)
