@@ -12,6 +12,8 @@ published defaults) without calling edgetta. The runtime parity tests
   SAM (Foret et al., ICLR 2021) with e = rho g / ||g||, second forward at theta + e re-filtered, step
   from theta with the second gradient (momentum alone when nothing passes), model recovery on the EMA
   of the second loss.
+- CoTTA (Wang et al., CVPR 2022): a transcription of the authors' released loop on the norm affine
+  parameters (mean teacher, anchor-gated augmentation averaging, soft cross-entropy, stochastic restore).
 """
 
 from __future__ import annotations
@@ -405,3 +407,60 @@ class FoaReference:
         mean = torch.stack(means).mean(0)
         self.hist = mean if self.hist is None else 0.9 * self.hist + 0.1 * mean
         return logits
+
+
+class CottaReference(ReferenceTTA):
+    """CoTTA as released (``cotta.py`` ``forward_and_adapt``), restricted to the norm affine parameters: the
+    student's forward; the anchor (source) model's mean max-probability; when it is below ``ap`` the EMA
+    teacher's logits averaged over the augmented batches, else the teacher's plain logits; loss = mean over the
+    batch of -sum_c softmax(teacher)_c log softmax(student)_c; one step; teacher <- ema * teacher +
+    (1 - ema) * student; stochastic restore: each element back to its source value iff a uniform draw < ``p``.
+
+    ``augment``: numpy batch -> augmented numpy batch (the runtime's augmentations from a replica generator;
+    drawn only when the teacher averages, where the released code always draws N and may discard them).
+    ``restore_rng``: the numpy generator of the restore masks, one ``random(shape)`` per parameter in order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        augment,
+        n_augmentations: int,
+        ema: float = 0.999,
+        ap: float = 0.92,
+        restore_p: float = 0.0,
+        restore_rng: np.random.Generator | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.augment, self.n_augmentations = augment, int(n_augmentations)
+        self.ema, self.ap, self.restore_p, self.restore_rng = float(ema), float(ap), float(restore_p), restore_rng
+        self.model_ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.model_anchor = copy.deepcopy(self.model).requires_grad_(False)
+        self.ema_params = dict(self.model_ema.named_parameters())
+        self.model_state = {k: p.detach().clone() for k, p in self.params.items()}
+        self.augmented = 0
+
+    def teacher_numpy(self) -> dict[str, np.ndarray]:
+        return {k: self.ema_params[k].detach().numpy().copy() for k in self.params}
+
+    def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(x)
+        with torch.no_grad():
+            anchor_prob = self.model_anchor(x).softmax(1).max(1)[0]
+            standard_ema = self.model_ema(x)
+            if anchor_prob.mean(0) < self.ap and self.n_augmentations:
+                views = [torch.from_numpy(self.augment(x.numpy())) for _ in range(self.n_augmentations)]
+                outputs_ema = torch.stack([self.model_ema(v) for v in views]).mean(0)
+                self.augmented += 1
+            else:
+                outputs_ema = standard_ema
+        self._step((-(outputs_ema.softmax(1) * outputs.log_softmax(1)).sum(1)).mean(0))
+        with torch.no_grad():
+            for k, p in self.params.items():
+                self.ema_params[k].data[:] = self.ema * self.ema_params[k].data[:] + (1 - self.ema) * p.data[:]
+            if self.restore_p > 0:
+                for k, p in self.params.items():
+                    mask = torch.from_numpy(self.restore_rng.random(tuple(p.shape)) < self.restore_p).to(p.dtype)
+                    p.data = self.model_state[k] * mask + p.data * (1.0 - mask)
+        return outputs_ema
