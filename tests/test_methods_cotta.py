@@ -147,3 +147,13 @@ def test_cotta_checkpoint_resumes_the_same_trajectory(probe, tmp_path):
     for k in whole.state.trainable:
         np.testing.assert_array_equal(whole.method.teacher[k], resumed.method.teacher[k])
         np.testing.assert_array_equal(whole.state.params[k], resumed.state.params[k])
+
+
+def test_the_cotta_preset_runs_on_a_contract_v2_artifact(probe):
+    cfg = load_config(preset="cotta", engine=ENGINE, batch_size=BATCH)
+    adapter = Adapter(probe.path, cfg)
+    for x in probe.task.stream(seed=4, batches=2, batch=BATCH):
+        res = adapter.process(x)
+        assert np.all(np.isfinite(res.logits))
+    assert adapter.totals["updates"] == 2 and adapter.totals["backward_passes"] == 2
+    assert any(not np.array_equal(adapter.method.teacher[k], adapter.state.source[k]) for k in adapter.state.trainable)
