@@ -2,8 +2,9 @@
 
 The exported graphs take the norm parameters and statistics as graph inputs, so one session serves every
 parameter state -- but ONNX Runtime can then fold nothing: BatchNormalization stays a separate pass over
-every convolution output. When the same values arrive call after call (``frozen`` always; any method while
-its updates are gated off or between bundles), ``FoldCache`` builds a second session of the same graph with
+every convolution output. When the same values arrive call after call at ``bn_alpha`` 0 (``frozen`` always;
+any running-statistics method while its updates are gated off or between bundles; batch-statistics variants
+never fold, since BN cannot fold into a convolution there), ``FoldCache`` builds a second session of the same graph with
 those values as initializers; ORT's optimiser then folds each BatchNormalization into its convolution, as in
 a plain inference export. Every call compares the values with the folded ones (one copy of the few norm
 parameters, compared in one pass), so a parameter changed in place, a new array or a bundle swap is never
@@ -101,7 +102,10 @@ class FoldCache:
         """One call of ``variant``: through its fold when one holds exactly ``params``' values, else through
         the general session (building the fold once the values have repeated ``threshold`` times)."""
         fold = self.state(variant)
-        if fold.failed is not None or not variant.params:
+        if fold.failed is not None or not variant.params or variant.bn_alpha != 0.0:
+            # only running-statistics variants fold: that is where BN folds into the convolution (the plain
+            # inference export); with batch statistics nothing folds, and ORT's optimiser was seen to compute
+            # wrong logits for a folded logits-only variant at bn_alpha = 1 (tests/test_fold.py)
             return variant.run(names, params, feed)
         values = flatten(variant.params, params)
         if fold.values is not None and np.array_equal(values, fold.values):

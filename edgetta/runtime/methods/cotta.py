@@ -115,9 +115,7 @@ class Cotta(GradientMethod):
         self._target, self._pending = None, None
         if update:
             source = {**params, **self.state.source_values(self.adapted_names())}
-            # All outputs, not outputs=[LOGITS]: the ORT engine's folded logits-only infer variant returns wrong
-            # logits at bn_alpha = 1 once the anchor's unchanging source values get folded (reported).
-            anchor = self.engine.infer(x, source, self.bn_alpha)[LOGITS]
+            anchor = self.engine.infer(x, source, self.bn_alpha, [LOGITS])[LOGITS]
             passes += 1
             if float(softmax(anchor).max(axis=1).mean()) < self.ap and self.n_augmentations:
                 total = np.zeros(logits.shape, np.float64)
