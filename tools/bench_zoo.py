@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -239,7 +240,9 @@ def summarize_error(stderr: str) -> str:
     ours = [lines[i].strip() for i in frames if "edgetta" in lines[i]][-1:]
     model = [lines[i].strip() for i in frames if "torchvision" in lines[i] or "timm" in lines[i]][-1:]
     errors = [line.strip() for line in lines if not line.startswith(" ") and ("Error" in line or "Exception" in line)]
-    return " | ".join(errors[-1:] + ours + model)
+    text = " | ".join(errors[-1:] + ours + model)
+    text = text.replace(str(ROOT) + "/", "")  # no machine paths in the record
+    return re.sub(r'File "[^"]*/site-packages/', 'File "', text)
 
 
 def write(path: Path, records: dict[str, Any]) -> None:
