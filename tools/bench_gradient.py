@@ -36,7 +36,7 @@ from edgetta.data.corruptions import CORRUPTIONS, corrupt  # noqa: E402
 from edgetta.runtime.adapter import Adapter  # noqa: E402
 from edgetta.runtime.config import load_config  # noqa: E402
 
-BASELINE = {"resnet_bn": "bn", "resnet_gn": "frozen"}
+BASELINE = {"resnet_bn": "bn", "resnet_gn": "frozen", "tiny_vit": "frozen"}  # BN refresh cannot act on GN/LN
 
 
 def config(method: str, lr: float | None):
@@ -75,7 +75,19 @@ def main() -> None:
     ap.add_argument("--lr-eata", type=float, default=1e-3)
     ap.add_argument("--per-domain", type=int, default=2000)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="MODEL=DIR",
+        help="artifact directory of a model not bundled (e.g. tiny_vit=runs/fmnist_tiny_vit); repeatable",
+    )
     args = ap.parse_args()
+    for spec in args.artifact:
+        name, _, path = spec.partition("=")
+        if not path:
+            ap.error(f"--artifact {spec!r}: give MODEL=DIR")
+        KNOWN_ARTIFACTS[name] = Path(path)
     images, labels = load_fashion_mnist("test")
     idx = subset(len(images), args.per_domain, 0)
     y = labels[idx].astype(np.int64)
