@@ -464,3 +464,56 @@ class CottaReference(ReferenceTTA):
                     mask = torch.from_numpy(self.restore_rng.random(tuple(p.shape)) < self.restore_p).to(p.dtype)
                     p.data = self.model_state[k] * mask + p.data * (1.0 - mask)
         return outputs_ema
+
+
+class StampReference(ReferenceTTA):
+    """STAMP's stable memory as the authors released it (``RBM`` and ``STAMP.adapt``), with the
+    documented edgetta differences: one view (no augmentations, no source-model agreement check), plain
+    SGD instead of SAM, coefficients detached. Reliable H < margin on the pre-update test-batch
+    prediction go into per-class FIFO lists under their predicted class; when ``capacity`` is reached,
+    pop the oldest entry of a class with the largest size EMA (ties: ``rng.integers`` over the tied
+    classes, as the runtime draws them); replaying the memory refreshes the EMA (0.9 / 0.1) and updates on
+    mean(H * capacity * e^{-H} / sum e^{-H}) over the memory (BatchNorm on the memory's statistics).
+    """
+
+    def __init__(self, model: nn.Module, margin: float, capacity: int = 64, seed: int = 0, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.margin, self.capacity = float(margin), int(capacity)
+        self.rng = np.random.default_rng(seed)
+        self.data: list[list[torch.Tensor]] | None = None
+        self.count: torch.Tensor | None = None
+        self.total = 0
+        self.memories: list[np.ndarray] = []  # the replayed memory batch, per batch
+        self.stored: list[int] = []  # reliable samples stored, per batch
+
+    def _append(self, items: torch.Tensor, labels: torch.Tensor) -> None:
+        for item, label in zip(items, labels.tolist()):
+            if self.total < self.capacity:
+                self.total += 1
+            else:
+                filled = [c for c in range(len(self.data)) if self.data[c]]
+                top = max(float(self.count[c]) for c in filled)
+                ties = [c for c in filled if float(self.count[c]) == top]
+                self.data[ties[int(self.rng.integers(len(ties)))]].pop(0)
+            self.data[label].append(item)
+
+    def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.model(x)
+        if self.data is None:
+            self.data = [[] for _ in range(logits.shape[1])]
+            self.count = torch.zeros(logits.shape[1])
+        ids = torch.where(softmax_entropy(logits) < self.margin)[0]
+        self.stored.append(int(ids.numel()))
+        self._append(x[ids], logits.argmax(1)[ids])
+        if self.total:
+            for c in range(len(self.data)):
+                self.count[c] = 0.9 * self.count[c] + 0.1 * len(self.data[c])
+            data = torch.stack([item for c in self.data for item in c])
+            self.memories.append(data.numpy().copy())
+            ent = softmax_entropy(self.model(data))
+            inv = 1.0 / torch.exp(ent.detach())
+            self._step(ent.mul(inv / inv.sum() * self.capacity).mean())
+        else:
+            self.memories.append(np.zeros((0, *x.shape[1:]), np.float32))
+        return logits

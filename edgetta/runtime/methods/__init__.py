@@ -10,6 +10,7 @@ from edgetta.runtime.methods.eata import Eata
 from edgetta.runtime.methods.foa import Foa
 from edgetta.runtime.methods.forward_only import BatchNormAdapt, Frozen, Lame
 from edgetta.runtime.methods.sar import Sar
+from edgetta.runtime.methods.stamp import Stamp
 from edgetta.runtime.methods.tent import Tent
 
 METHODS: dict[str, type[Method]] = {
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
         Deyo,
         Foa,
         Cotta,
+        Stamp,
     )
 }
 
