@@ -71,7 +71,10 @@ def test_stamp_matches_the_authors_loop(probe):
     want = np.concatenate([v.ravel() for v in ref.params_numpy().values()]).astype(np.float64)
     diff = np.linalg.norm(rt - want) / np.linalg.norm(want)
     moved = np.linalg.norm(want - source) / np.linalg.norm(source)
-    print(f"\n[stamp] param diff {diff:.2e}, moved {moved:.2e}, agreement {agree / total:.4f}, class sizes {sizes}")
+    print(
+        f"\n[stamp] param diff {diff:.2e}, moved {moved:.2e}, agreement {agree / total:.4f}, "
+        f"class sizes {sizes}, stored {sum(ref.stored)}, updates {ref.updates}"
+    )
     assert sum(sizes) == CAPACITY, "the memory never filled: eviction untested"
     assert sum(ref.stored) > 2 * CAPACITY, "too few reliable samples: eviction barely exercised"
     assert moved >= 1e-2, "the parameters barely moved: weak test"
