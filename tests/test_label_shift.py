@@ -21,7 +21,7 @@ ART = Path(edgetta.__file__).parent / "assets" / "fmnist_resnet_bn"
 GUARD = "label_shift_guard"
 PHASES = (1, 3)  # gaussian noise and impulse noise, severity 5
 FOG = 4
-GUARDED_PRESETS = ("bn", "tent", "eata", "sar", "safe_tent", "deyo")
+GUARDED_PRESETS = ("bn", "tent", "eata", "sar", "safe_tent", "deyo", "stamp")
 
 
 def demo_phases(wanted: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
