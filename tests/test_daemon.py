@@ -148,6 +148,7 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
     """Whatever step of a commit fails, the manifest on disk names a state that exists and that was saved
     together with the manifest's position: never a new state with an old position."""
     import edgetta.daemon.checkpoint as ck
+    from edgetta import atomic_io
 
     write_stream(tmp_path / "stream.npz", 256)
     path = write_config(tmp_path, checkpoint={"every_items": 64})
@@ -162,13 +163,13 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
     def fail(*args: Any, **kwargs: Any) -> None:
         raise Boom(step)
 
-    real_mkstemp, real_replace = ck.tempfile.mkstemp, ck.os.replace
+    real_mkstemp, real_replace = atomic_io.tempfile.mkstemp, atomic_io.os.replace
 
     def manifest_mkstemp(*args: Any, **kwargs: Any) -> Any:  # the manifest's temp file: half written, then death
         fd, name = real_mkstemp(*args, **kwargs)
         if kwargs.get("prefix", "").startswith(".checkpoint.json"):
-            ck.os.write(fd, b'{"format": "edgetta.daemon.checkpoint", "ver')
-            ck.os.close(fd)
+            atomic_io.os.write(fd, b'{"format": "edgetta.daemon.checkpoint", "ver')
+            atomic_io.os.close(fd)
             fail()
         return fd, name
 
@@ -180,9 +181,9 @@ def test_a_commit_that_dies_at_any_step_leaves_the_old_or_the_new_checkpoint_who
     if step == "adapter":
         monkeypatch.setattr(ck.AdapterState, "save", lambda self, p: (Path(p).write_bytes(b"partial"), fail()))
     elif step == "manifest_write":
-        monkeypatch.setattr(ck.tempfile, "mkstemp", manifest_mkstemp)
+        monkeypatch.setattr(atomic_io.tempfile, "mkstemp", manifest_mkstemp)
     elif step == "manifest_replace":
-        monkeypatch.setattr(ck.os, "replace", manifest_replace)
+        monkeypatch.setattr(atomic_io.os, "replace", manifest_replace)
     else:
         monkeypatch.setattr(ck.CheckpointStore, "_remove_stale", fail)
     with pytest.raises(Boom):
@@ -238,10 +239,10 @@ def test_a_commit_that_fails_on_disk_fails_its_stream_only(tmp_path, monkeypatch
 def test_outputs_reach_the_disk_before_a_manifest_names_their_offsets(tmp_path, monkeypatch):
     """A power cut must not leave a manifest whose offsets point past what was synced: every manifest
     replace comes after an fsync of each output (records and events) since the previous one."""
-    import edgetta.daemon.checkpoint as ck
+    from edgetta import atomic_io
 
     journal: list[str] = []
-    real_fsync, real_replace = OffsetFile.fsync, ck.os.replace
+    real_fsync, real_replace = OffsetFile.fsync, atomic_io.os.replace
 
     def fsync(self: OffsetFile) -> None:
         journal.append(self.path.name)
@@ -253,7 +254,7 @@ def test_outputs_reach_the_disk_before_a_manifest_names_their_offsets(tmp_path, 
             journal.append("manifest")
 
     monkeypatch.setattr(OffsetFile, "fsync", fsync)
-    monkeypatch.setattr(ck.os, "replace", replace)
+    monkeypatch.setattr(atomic_io.os, "replace", replace)
     write_stream(tmp_path / "stream.npz", 320)
     entry = stream_entry("s0", "stream.npz", "out/s0.jsonl")
     entry["output"]["events"] = "out/s0.events.jsonl"

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetta.atomic_io import fsync_dir, write_atomic
 from edgetta.errors import CheckpointError
 from edgetta.runtime.checkpoint import save_checkpoint
 
@@ -79,29 +78,9 @@ class AdapterState:
         save_checkpoint(path, self.tensors, self.meta, artifact_id=self.artifact_id)
 
 
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON to ``path`` so that readers see the old or the new file, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
 
 
 class CheckpointStore:
@@ -158,7 +137,7 @@ class CheckpointStore:
         if not self.folder.is_dir():
             return
         self.manifest.unlink(missing_ok=True)  # first: a manifest never outlives the state it names
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         for path in self.folder.iterdir():
             if path.name.startswith("adapter-") or path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)

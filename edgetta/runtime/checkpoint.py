@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from edgetta.atomic_io import write_atomic
 from edgetta.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
@@ -27,17 +27,6 @@ CHECKPOINT_FORMAT = "edgetta.checkpoint"
 CHECKPOINT_VERSION = 1
 _META_KEY = "edgetta"
 _RESERVED = ("format", "version", "artifact_sha256")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; directories cannot be opened for fsync on Windows."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -49,19 +38,7 @@ def save_checkpoint(
         raise ValueError(f"checkpoint meta may not use reserved keys {clash}")
     header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "artifact_sha256": artifact_id, **meta}
     blob = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={_META_KEY: json.dumps(header)})
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
+    write_atomic(path, blob)
 
 
 def _read_header_meta(blob: bytes) -> dict[str, str]:

@@ -33,7 +33,7 @@ def cmd_bundle_create(args: argparse.Namespace) -> int:
     from edgetta.errors import DataError
     from edgetta.sync.bundle import base_sha256, create_bundle
     from edgetta.sync.keys import key_id, load_private_key
-    from edgetta.sync.slots import write_atomic
+    from edgetta.atomic_io import write_atomic
 
     artifact = load_artifact(args.artifact)
     key = load_private_key(args.key)

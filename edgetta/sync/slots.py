@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from edgetta.atomic_io import write_atomic
 from edgetta.contract import LOGITS, Artifact
 from edgetta.errors import BundleRejected, CheckpointError, ConfigError
 from edgetta.kernels import entropy as entropy_of
@@ -56,33 +56,6 @@ STATE_FORMAT = "edgetta.slots"
 STATE_VERSION = 1
 SLOTS = ("a", "b")
 _SLOT_META = "edgetta.slot"
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers (and a reboot) see the old file or the new one, never a mix."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
 
 
 # -- health check ----------------------------------------------------------------------------------------
