@@ -18,6 +18,7 @@ from typing import Any
 
 from edgetta.streams.backoff import Backoff
 from edgetta.sync._edge_client import SyncClient
+from edgetta.sync._worker import BackgroundWorker
 
 Report = Callable[[str, str, dict[str, Any]], None]
 # verify(data, applied_version) -> a verified bundle (version, params, metadata, key_id); raises on rejection
@@ -33,7 +34,7 @@ def rejection_code(exc: BaseException) -> str:
     return str(getattr(exc, "code", None) or type(exc).__name__)
 
 
-class Poller:
+class Poller(BackgroundWorker):
     """Background poller of one server. ``applied_version()`` is read on every poll (it changes on apply)."""
 
     def __init__(
@@ -60,18 +61,7 @@ class Poller:
         self.failures = 0
         self._pending: Any = None
         self._lock = threading.Lock()
-        self.stop_event = threading.Event()
-        self.wake = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="edgetta-sync-poll", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.stop_event.set()
-        self.wake.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+        super().__init__("edgetta-sync-poll")
 
     def poll_now(self) -> None:
         """Poll at once (a server push, or a test)."""

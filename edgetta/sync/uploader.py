@@ -11,7 +11,6 @@ data itself (wrong shape for its model): the batch is dropped, counted, logged w
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import numpy as np
 
 from edgetta.streams.backoff import Backoff
 from edgetta.sync._edge_client import SyncClient, encode_samples
+from edgetta.sync._worker import BackgroundWorker
 from edgetta.sync.queue import UploadQueue
 
 # report(kind, message, fields): how the uploader tells the daemon what happened (log line + metrics)
@@ -31,7 +31,7 @@ def _quiet(kind: str, message: str, fields: dict[str, Any]) -> None:
     """Default reporter: nothing."""
 
 
-class Uploader:
+class Uploader(BackgroundWorker):
     """Background sender of one queue. ``idle``: seconds between looks at an empty queue."""
 
     def __init__(
@@ -56,18 +56,7 @@ class Uploader:
         self.failures = 0
         self.last_error = ""
         self.bytes_up = 0
-        self.stop_event = threading.Event()
-        self.wake = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="edgetta-sync-upload", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.stop_event.set()
-        self.wake.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+        super().__init__("edgetta-sync-upload")
 
     def notify(self) -> None:
         """New rows were queued: look now rather than after ``idle`` seconds."""
