@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from edgetta import __version__
+from edgetta.configs import preset_names
 from edgetta.errors import ConfigError, EdgettaError
 
 
@@ -89,13 +90,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("\n" + text)
         status = status or (0 if ok else 1)
     return status
-
-
-def _bundled_presets() -> list[str]:
-    """Preset names from the packaged YAML files (without importing the runtime: --help stays fast)."""
-    from importlib import resources
-
-    return sorted(p.name[:-5] for p in resources.files("edgetta.configs").iterdir() if p.name.endswith(".yaml"))
 
 
 def _method_choice(name: str | None) -> dict[str, str]:
@@ -219,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="NPZ with x (model-ready inputs) and optional y, domain")
     p.add_argument(
         "--method",
-        help=f"a bundled preset ({', '.join(_bundled_presets())}) or a method with its own defaults and no rails",
+        help=f"a bundled preset ({', '.join(preset_names())}) or a method with its own defaults and no rails",
     )
     p.add_argument("--config", help="YAML config (may name a preset and override any key)")
     p.add_argument("--batch-size", type=int)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edgetta.configs import preset_names
 from edgetta.engines import EngineOptions
 from edgetta.errors import ConfigError
 from edgetta.runtime.methods import METHODS, Method
@@ -140,10 +141,6 @@ def build_method(name: str, args: dict[str, Any]) -> Method:
 
 
 # -- presets and YAML ---------------------------------------------------------------------------------
-def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("edgetta.configs").iterdir() if p.name.endswith(".yaml"))
-
-
 def valid_names() -> str:
     """The names a user may pick, for error messages."""
     return f"methods: {', '.join(METHODS)}; bundled presets: {', '.join(preset_names())}"
