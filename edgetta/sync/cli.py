@@ -29,11 +29,11 @@ def cmd_bundle_create(args: argparse.Namespace) -> int:
 
     from safetensors.numpy import load_file
 
+    from edgetta.atomic_io import write_atomic
     from edgetta.contract import load_artifact
     from edgetta.errors import DataError
     from edgetta.sync.bundle import base_sha256, create_bundle
     from edgetta.sync.keys import key_id, load_private_key
-    from edgetta.atomic_io import write_atomic
 
     artifact = load_artifact(args.artifact)
     key = load_private_key(args.key)
